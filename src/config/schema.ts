@@ -1,0 +1,90 @@
+/**
+ * What every configuration key may hold and which environment variable sets it.
+ * The loader (`load.ts`) walks this table for YAML and the environment alike, so a
+ * key added here is validated, documented by `configReference()` and settable by
+ * both routes at once.
+ */
+export type FieldSpec =
+  | { type: 'int'; min: number; max?: number; env?: string; doc: string }
+  | { type: 'number'; min: number; max?: number; exclusiveMin?: boolean; env?: string; doc: string }
+  | { type: 'bool'; env?: string; doc: string }
+  | { type: 'string'; maxLength?: number; env?: string; doc: string; secret?: boolean }
+  | { type: 'enum'; values: readonly string[]; env?: string; doc: string; caseInsensitive?: boolean };
+
+/** Sections with a fixed set of keys. `user_tiers` and `rate_limits` are per tier (below). */
+export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
+  service: {
+    name: { type: 'string', maxLength: 100, doc: 'service name reported by /health' },
+    port: { type: 'int', min: 1, max: 65535, env: 'RATE_LIMITING_API_PORT', doc: 'HTTP port' },
+    host: { type: 'string', maxLength: 255, env: 'RATE_LIMITING_API_HOST', doc: 'address to listen on' },
+    workers: { type: 'int', min: 1, max: 64, env: 'RATE_LIMITING_WORKERS', doc: 'worker processes per node' },
+    node_id: { type: 'string', maxLength: 128, env: 'NODE_ID', doc: 'name of this node; empty = <hostname>-<port>' },
+    decision_timeout: {
+      type: 'number', min: 0, exclusiveMin: true, max: 60, env: 'RATE_LIMITING_DECISION_TIMEOUT',
+      doc: 'seconds within which a decision must be answered (fractions allowed, e.g. 0.05)',
+    },
+  },
+  redis: {
+    endpoint: { type: 'string', maxLength: 1000, env: 'REDIS_ENDPOINT', doc: 'host:port of Redis; empty = in-memory only' },
+    database: { type: 'int', min: 0, max: 15, env: 'REDIS_DATABASE', doc: 'Redis database number' },
+    password: { type: 'string', maxLength: 1000, env: 'REDIS_PASSWORD', doc: 'Redis password', secret: true },
+    connection_pool_size: { type: 'int', min: 1, max: 1000, env: 'REDIS_CONNECTION_POOL_SIZE', doc: 'Redis connections per worker' },
+    connection_timeout: { type: 'number', min: 0, exclusiveMin: true, max: 600, env: 'REDIS_CONNECTION_TIMEOUT', doc: 'seconds to connect to Redis' },
+  },
+  quota_management: {
+    enabled: { type: 'bool', env: 'QUOTA_MANAGEMENT_ENABLED', doc: 'enforce the day quota' },
+    overage_handling: {
+      type: 'enum', values: ['block', 'allow', 'throttle'], env: 'QUOTA_OVERAGE_HANDLING',
+      doc: 'what happens once the quota (and grace) is used up',
+    },
+    reset_interval: { type: 'int', min: 60, max: 31_536_000, env: 'QUOTA_RESET_INTERVAL', doc: 'quota window in seconds, aligned to the epoch' },
+    grace_period: { type: 'int', min: 0, max: 31_536_000, env: 'QUOTA_GRACE_PERIOD', doc: 'seconds requests keep passing after the quota first runs out' },
+  },
+  api_key_management: {
+    enabled: { type: 'bool', env: 'API_KEY_MANAGEMENT_ENABLED', doc: 'API keys as a way to identify callers' },
+    generation_enabled: { type: 'bool', env: 'API_KEY_GENERATION_ENABLED', doc: 'admins may create keys' },
+    validation_enabled: { type: 'bool', env: 'API_KEY_VALIDATION_ENABLED', doc: 'keys are validated on checks' },
+    rotation_enabled: { type: 'bool', env: 'API_KEY_ROTATION_ENABLED', doc: 'admins may rotate keys' },
+  },
+  usage_analytics: {
+    enabled: { type: 'bool', env: 'USAGE_ANALYTICS_ENABLED', doc: 'record usage history' },
+    pattern_analysis_enabled: { type: 'bool', env: 'USAGE_PATTERN_ANALYSIS_ENABLED', doc: 'flag unusual usage' },
+    reporting_enabled: { type: 'bool', env: 'USAGE_REPORTING_ENABLED', doc: 'serve usage reports' },
+    retention_days: { type: 'int', min: 1, max: 36_500, env: 'USAGE_RETENTION_DAYS', doc: 'days hour and day rollups are kept' },
+  },
+  performance: {
+    memory_limit_gb: { type: 'number', min: 0, exclusiveMin: true, max: 1024, env: 'RATE_LIMITING_API_MEMORY_GB', doc: 'memory budget of a node' },
+    cpu_cores: { type: 'int', min: 1, max: 256, env: 'RATE_LIMITING_API_CPU_CORES', doc: 'CPU budget of a node' },
+    log_level: {
+      type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], caseInsensitive: true,
+      env: 'LOG_LEVEL', doc: 'log level',
+    },
+  },
+  monitoring: {
+    api_gateway_endpoint: { type: 'string', maxLength: 1000, env: 'API_GATEWAY_ENDPOINT', doc: 'the gateway in front of this service (informational)' },
+    sql_database_endpoint: { type: 'string', maxLength: 1000, env: 'SQL_DATABASE_ENDPOINT', doc: 'host:port of PostgreSQL; empty = embedded PGlite' },
+    redis_endpoint: { type: 'string', maxLength: 1000, env: 'REDIS_ENDPOINT', doc: 'alias of redis.endpoint (the seed lists it twice)' },
+    custom_metrics_endpoint: { type: 'string', maxLength: 1000, env: 'CUSTOM_METRICS_ENDPOINT', doc: 'Prometheus Pushgateway URL' },
+  },
+  limiter: {
+    max_users_in_memory: { type: 'int', min: 1000, max: 100_000_000, env: 'RATE_LIMITING_MAX_USERS_IN_MEMORY', doc: 'users kept in memory per node' },
+    minute_ms: { type: 'int', min: 1000, max: 60_000, env: 'RATE_LIMITING_MINUTE_MS', doc: 'length of the minute window (benchmarks only)' },
+    hour_ms: { type: 'int', min: 1000, max: 3_600_000, env: 'RATE_LIMITING_HOUR_MS', doc: 'length of the hour window (benchmarks only)' },
+    max_cost: { type: 'int', min: 1, max: 1_000_000_000, env: 'RATE_LIMITING_MAX_COST', doc: 'largest cost of one check' },
+  },
+};
+
+/** Keys of one tier under `rate_limits.<tier>`; the env name is `RATE_LIMIT_<TIER>_<SUFFIX>`. */
+export const TIER_FIELDS: Record<string, FieldSpec & { envSuffix: string; optional?: boolean }> = {
+  requests_per_minute: { type: 'int', min: 1, max: 1_000_000_000, envSuffix: 'REQUESTS_PER_MINUTE', doc: 'R: per clock minute, and the burst refill rate' },
+  requests_per_hour: { type: 'int', min: 1, max: 1_000_000_000, envSuffix: 'REQUESTS_PER_HOUR', doc: 'per clock hour' },
+  requests_per_day: { type: 'int', min: 1, max: 1_000_000_000, envSuffix: 'REQUESTS_PER_DAY', doc: 'the quota, per reset_interval' },
+  burst_limit: { type: 'int', min: 1, max: 1_000_000_000, envSuffix: 'BURST_LIMIT', doc: 'B: back-to-back requests from rest' },
+  throttle_requests_per_minute: {
+    type: 'int', min: 1, max: 1_000_000_000, envSuffix: 'THROTTLE_REQUESTS_PER_MINUTE', optional: true,
+    doc: 'per-minute rate after the quota runs out with overage_handling=throttle (default: 10% of R, at least 1)',
+  },
+};
+
+/** Tier names: lower-case identifiers, so `RATE_LIMIT_<TIER>_…` is a valid variable name. */
+export const TIER_NAME = /^[a-z][a-z0-9_]{0,31}$/;
