@@ -1,0 +1,92 @@
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import type { Config } from '../config/types.js';
+import type { Decider } from '../node/decider.js';
+import type { TierPolicy } from '../node/tiers.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { ApiError, type ErrorBody } from './errors.js';
+import { registerCheckRoutes } from './routes/check.js';
+import { registerHealthRoutes, type NodeStatus } from './routes/health.js';
+import { registerTestRoutes } from './routes/test-scenarios.js';
+
+export interface AppDeps {
+  config: Config;
+  decider: Decider;
+  tiers: TierPolicy;
+  metrics: Metrics;
+  logger: Logger;
+  /** Live facts about this node for /health and /rate-limiting/status. */
+  status: NodeStatus;
+  clock: () => number;
+}
+
+/** Body limit of every route but the batch check (which takes up to 1000 checks). */
+export const BODY_LIMIT = 16 * 1024;
+export const BATCH_BODY_LIMIT = 512 * 1024;
+
+/** Builds the HTTP API without listening; `main.ts` listens, tests use `inject()`. */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  // Fastify gets no logger: requests are not logged one by one (a log line per decision
+  // would cost more than the decision), so the request path skips logger setup entirely.
+  // Errors are logged here, with the route, through the node's own logger.
+  const log = deps.logger.child({ component: 'http' });
+  const app: FastifyInstance = Fastify({
+    logger: false,
+    bodyLimit: BODY_LIMIT,
+    return503OnClosing: true,
+    ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: true, useDefaults: true } },
+  });
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    const body = toErrorBody(error);
+    if (body.statusCode >= 500) {
+      log.error({ err: error, route: request.routeOptions.url }, 'request failed');
+      body.message = 'internal error';
+    } else {
+      deps.metrics.badRequests.inc({ route: request.routeOptions.url ?? 'unknown', code: body.error });
+    }
+    void reply.status(body.statusCode).send(body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const body: ErrorBody = { statusCode: 404, error: 'NOT_FOUND', message: `no route ${request.method} ${request.url}` };
+    void reply.status(404).send(body);
+  });
+
+  registerHealthRoutes(app, deps);
+  registerCheckRoutes(app, deps);
+  registerTestRoutes(app, deps);
+  await app.ready();
+  return app;
+}
+
+/** Maps validation, parsing and our own errors to one body shape that names the field. */
+function toErrorBody(error: FastifyError): ErrorBody {
+  if (error instanceof ApiError) {
+    return { statusCode: error.status, error: error.code, message: error.message, ...(error.field ? { field: error.field } : {}) };
+  }
+  if (error.validation && error.validation.length > 0) {
+    const first = error.validation[0]!;
+    const missing = (first.params as { missingProperty?: string }).missingProperty;
+    const path = first.instancePath.replace(/^\//, '').replace(/\/(\d+)(?=\/|$)/g, '[$1]').replace(/\//g, '.');
+    const field = missing ? (path ? `${path}.${missing}` : missing) : path;
+    const where = error.validationContext === 'body' ? '' : `${error.validationContext} `;
+    const message = missing ? `${where}${field} is required` : `${where}${field || error.validationContext} ${first.message}`;
+    return { statusCode: 400, error: 'INVALID_FIELD', message, ...(field ? { field } : {}) };
+  }
+  switch (error.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { statusCode: 413, error: 'BODY_TOO_LARGE', message: error.message };
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return { statusCode: 415, error: 'UNSUPPORTED_MEDIA_TYPE', message: 'send the body as application/json' };
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return { statusCode: 400, error: 'INVALID_JSON', message: 'the body is empty; send a JSON object' };
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return { statusCode: 400, error: 'INVALID_JSON', message: 'the body is not valid JSON' };
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return { statusCode: 400, error: 'INVALID_JSON', message: error.message };
+  }
+  if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
+    return { statusCode: error.statusCode, error: 'BAD_REQUEST', message: error.message };
+  }
+  return { statusCode: 500, error: 'INTERNAL', message: 'internal error' };
+}

@@ -1,0 +1,172 @@
+import type { FastifyInstance } from 'fastify';
+import type { CheckOutcome } from '../../node/decider.js';
+import type { Decision } from '../../node/engine.js';
+import { BATCH_BODY_LIMIT, type AppDeps } from '../app.js';
+import { rateLimitHeaders } from '../headers.js';
+import { BATCH_MAX, checkItemSchema, checkResultSchema, quotaSchema, tierFiguresSchema, userIdSchema } from '../schemas.js';
+
+interface CheckBody {
+  user_id: string;
+  tier?: string;
+  api_key?: string;
+  cost: number;
+}
+
+let lastResetMs = -1;
+let lastResetIso = '';
+/** ISO time of a window end; consecutive decisions share it, so the last one is kept. */
+function isoTime(ms: number): string {
+  if (ms !== lastResetMs) {
+    lastResetMs = ms;
+    lastResetIso = new Date(ms).toISOString();
+  }
+  return lastResetIso;
+}
+
+function quotaBody(decision: Decision) {
+  const day = decision.limits.day;
+  return { current_usage: decision.quotaUsed, limit: day.limit, reset_time: isoTime(day.reset_at) };
+}
+
+/** The response body of one check (also one item of a batch). */
+export function checkResultBody(outcome: CheckOutcome, cost: number) {
+  const { decision } = outcome;
+  return {
+    allowed: decision.allowed,
+    code: decision.code,
+    user_id: outcome.userId,
+    tier: outcome.tier,
+    cost,
+    limited_by: decision.limitedBy,
+    retry_after_ms: decision.retryAfterMs,
+    limits: decision.limits,
+    quota: quotaBody(decision),
+    mode: outcome.path,
+    decided_at: decision.now,
+  };
+}
+
+export function registerCheckRoutes(app: FastifyInstance, deps: AppDeps): void {
+  const { decider, tiers, config } = deps;
+  const itemSchema = checkItemSchema(tiers.names, config.limiter.max_cost);
+
+  app.post<{ Body: CheckBody }>(
+    '/rate-limiting/check',
+    { schema: { body: itemSchema, response: { 200: checkResultSchema } } },
+    (request, reply) => {
+      const body = request.body;
+      const send = (outcome: CheckOutcome): void => {
+        void reply.headers(rateLimitHeaders(outcome.decision, tiers.limitsOf(outcome.tier))).send(checkResultBody(outcome, body.cost));
+      };
+      // Local decisions are synchronous; only forwarded and Redis decisions wait.
+      const outcome = decider.check({ userId: body.user_id, tier: body.tier, cost: body.cost });
+      if (outcome instanceof Promise) outcome.then(send, (err: unknown) => reply.send(err));
+      else send(outcome);
+    },
+  );
+
+  app.post<{ Body: { checks: CheckBody[] } }>(
+    '/rate-limiting/check/batch',
+    {
+      bodyLimit: BATCH_BODY_LIMIT,
+      schema: {
+        body: {
+          type: 'object',
+          required: ['checks'],
+          properties: { checks: { type: 'array', minItems: 1, maxItems: BATCH_MAX, items: itemSchema } },
+        },
+        response: {
+          200: { type: 'object', properties: { results: { type: 'array', items: checkResultSchema } } },
+        },
+      },
+    },
+    async (request) => {
+      // Checks of one batch are decided in order, so two checks of one user see each other.
+      const results = [];
+      for (const item of request.body.checks) {
+        const outcome = await decider.check({ userId: item.user_id, tier: item.tier, cost: item.cost });
+        results.push(checkResultBody(outcome, item.cost));
+      }
+      return { results };
+    },
+  );
+
+  app.get('/rate-limiting/tiers', {
+    schema: {
+      response: {
+        200: {
+          type: 'object',
+          properties: {
+            default_tier: { type: 'string' },
+            tiers: {
+              type: 'array',
+              items: {
+                type: 'object',
+                properties: {
+                  name: { type: 'string' },
+                  enabled: { type: 'boolean' },
+                  ...tierFiguresSchema.properties,
+                  throttle_requests_per_minute: { type: 'integer' },
+                },
+              },
+            },
+            quota: {
+              type: 'object',
+              properties: {
+                enabled: { type: 'boolean' },
+                overage_handling: { type: 'string' },
+                reset_interval: { type: 'integer' },
+                grace_period: { type: 'integer' },
+              },
+            },
+          },
+        },
+      },
+    },
+  }, async () => ({
+    default_tier: tiers.defaultTier,
+    tiers: Object.entries(config.rate_limits).map(([name, limits]) => ({ name, enabled: tiers.isEnabled(name), ...limits })),
+    quota: config.quota_management,
+  }));
+
+  app.get<{ Params: { user_id: string }; Querystring: { tier?: string } }>(
+    '/rate-limiting/quota/:user_id',
+    {
+      schema: {
+        params: { type: 'object', properties: { user_id: userIdSchema() } },
+        querystring: { type: 'object', properties: { tier: { type: 'string', enum: tiers.names } } },
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              user_id: { type: 'string' },
+              tier: { type: 'string' },
+              rate_limits: tierFiguresSchema,
+              quota: quotaSchema,
+              limits: checkResultSchema.properties.limits,
+              decided_at: { type: 'integer' },
+            },
+          },
+        },
+      },
+    },
+    async (request) => {
+      const { user_id } = request.params;
+      const outcome = await decider.check({ userId: user_id, tier: request.query.tier, cost: 0 }, { count: false });
+      const limits = tiers.limitsOf(outcome.tier);
+      return {
+        user_id,
+        tier: outcome.tier,
+        rate_limits: {
+          requests_per_minute: limits.perMinute,
+          requests_per_hour: limits.perHour,
+          requests_per_day: limits.perDay,
+          burst_limit: limits.burst,
+        },
+        quota: quotaBody(outcome.decision),
+        limits: outcome.decision.limits,
+        decided_at: outcome.decision.now,
+      };
+    },
+  );
+}

@@ -1,0 +1,113 @@
+import type { FastifyInstance } from 'fastify';
+import type { SliSnapshot } from '../../observability/sli.js';
+import type { AppDeps } from '../app.js';
+
+/** Live facts about the node, read on each /health and /status call. */
+export interface NodeStatus {
+  nodeId: string;
+  startedAt: number;
+  /** How decisions are made: `local` (memory, write-behind) or `redis` (every decision in Redis). */
+  mode: string;
+  /** `memory` (nothing survives a restart) or `redis`. */
+  durability(): 'memory' | 'redis';
+  redisConnected(): boolean;
+  /** Reasons the node is degraded; empty when healthy. */
+  problems(): string[];
+  shardUsers(): number;
+  maxUsers: number;
+  sli(): SliSnapshot;
+}
+
+const healthSchema = {
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        status: { type: 'string', enum: ['healthy', 'degraded'] },
+        service: { type: 'string' },
+        redis_connected: { type: 'boolean' },
+        timestamp: { type: 'string', format: 'date-time' },
+        node_id: { type: 'string' },
+        mode: { type: 'string' },
+        durability: { type: 'string', enum: ['memory', 'redis'] },
+        uptime_seconds: { type: 'number' },
+        problems: { type: 'array', items: { type: 'string' } },
+      },
+    },
+  },
+} as const;
+
+const statusSchema = {
+  response: {
+    200: {
+      type: 'object',
+      properties: {
+        service: { type: 'string' },
+        node_id: { type: 'string' },
+        mode: { type: 'string' },
+        durability: { type: 'string' },
+        uptime_seconds: { type: 'number' },
+        shard: {
+          type: 'object',
+          properties: { users: { type: 'integer' }, max_users: { type: 'integer' } },
+        },
+        decisions: {
+          type: 'object',
+          properties: {
+            window_seconds: { type: 'integer' },
+            count: { type: 'integer' },
+            decision_timeout_ms: { type: 'number' },
+            within_timeout_ratio: { type: 'number' },
+            p50_ms: { type: ['number', 'null'] },
+            p99_ms: { type: ['number', 'null'] },
+          },
+        },
+      },
+    },
+  },
+} as const;
+
+export function registerHealthRoutes(app: FastifyInstance, deps: AppDeps): void {
+  const { status, config, clock } = deps;
+  const uptime = (): number => Math.round((clock() - status.startedAt) / 100) / 10;
+
+  app.get('/health', { schema: healthSchema }, async () => {
+    const problems = status.problems();
+    return {
+      status: problems.length === 0 ? 'healthy' : 'degraded',
+      service: config.service.name,
+      redis_connected: status.redisConnected(),
+      timestamp: new Date(clock()).toISOString(),
+      node_id: status.nodeId,
+      mode: status.mode,
+      durability: status.durability(),
+      uptime_seconds: uptime(),
+      problems,
+    };
+  });
+
+  app.get('/rate-limiting/status', { schema: statusSchema }, async () => {
+    const sli = status.sli();
+    return {
+      service: config.service.name,
+      node_id: status.nodeId,
+      mode: status.mode,
+      durability: status.durability(),
+      uptime_seconds: uptime(),
+      shard: { users: status.shardUsers(), max_users: status.maxUsers },
+      decisions: {
+        window_seconds: sli.windowSeconds,
+        count: sli.decisions,
+        decision_timeout_ms: config.service.decision_timeout * 1000,
+        within_timeout_ratio: sli.withinTimeoutRatio,
+        p50_ms: sli.p50Ms,
+        p99_ms: sli.p99Ms,
+      },
+    };
+  });
+
+  app.get('/metrics', async (_request, reply) => {
+    const body = await deps.metrics.registry.metrics();
+    return reply.type(deps.metrics.registry.contentType).send(body);
+  });
+}

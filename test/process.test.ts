@@ -1,0 +1,69 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { postJson, startNodeProcess, type NodeProcess } from './helpers/node-process.js';
+
+const started: NodeProcess[] = [];
+afterEach(async () => {
+  await Promise.all(started.splice(0).map((n) => n.kill()));
+});
+
+async function start(env: Record<string, string> = {}): Promise<NodeProcess> {
+  const node = await startNodeProcess(env);
+  started.push(node);
+  return node;
+}
+
+describe('the node process (npm start)', () => {
+  it('admits exactly burst_limit of 70 back-to-back checks for a fresh basic user', async () => {
+    const node = await start();
+    let allowed = 0;
+    for (let i = 0; i < 70; i++) {
+      const res = await postJson(`${node.url}/rate-limiting/check`, { user_id: 'fresh-basic-user', tier: 'basic', api_key: 'test_key' });
+      expect(res.status).toBe(200);
+      if (res.body.allowed) allowed++;
+    }
+    expect(allowed).toBe(10);
+  });
+
+  it('matches all three of the seed\'s test scenarios', async () => {
+    const node = await start();
+    const res = await postJson(`${node.url}/rate-limiting/test`, {
+      test_scenarios: [
+        { user_id: 'basic_user', tier: 'basic', requests: 70 },
+        { user_id: 'premium_user', tier: 'premium', requests: 350 },
+        { user_id: 'enterprise_user', tier: 'enterprise', requests: 1100 },
+      ],
+    });
+    expect(res.status).toBe(200);
+    expect(res.body.all_match).toBe(true);
+    expect(res.body.results.map((r: { allowed: number }) => r.allowed)).toEqual([10, 50, 200]);
+  });
+
+  it('says loudly that durability is off without Redis, and exits 0 on SIGTERM', async () => {
+    const node = await start();
+    const health = await (await fetch(`${node.url}/health`)).json();
+    expect(health).toMatchObject({ status: 'healthy', redis_connected: false, durability: 'memory' });
+    expect(node.output()).toMatch(/durability OFF/);
+    expect(await node.stop()).toBe(0);
+  });
+
+  it('exits non-zero naming the variable when an environment value is bad', async () => {
+    const node = await startNodeProcess({ RATE_LIMIT_BASIC_REQUESTS_PER_MINUTE: 'sixty', QUOTA_OVERAGE_HANDLING: 'refund' }, { waitReady: false });
+    started.push(node);
+    const code = await node.exited;
+    expect(code).toBe(2);
+    expect(node.output()).toContain('RATE_LIMIT_BASIC_REQUESTS_PER_MINUTE: expected an integer, got "sixty"');
+    expect(node.output()).toContain('QUOTA_OVERAGE_HANDLING');
+  });
+
+  it('never logs an API key or an authorization header', async () => {
+    const node = await start({ LOG_LEVEL: 'trace' });
+    await fetch(`${node.url}/rate-limiting/check`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer super-secret-token' },
+      body: JSON.stringify({ user_id: 'u', api_key: 'sk_live_do_not_log_me' }),
+    });
+    await node.stop();
+    expect(node.output()).not.toContain('super-secret-token');
+    expect(node.output()).not.toContain('sk_live_do_not_log_me');
+  });
+});
