@@ -1,0 +1,96 @@
+import { pickGenerator, runLoad, type LoadResult } from './lib/load.js';
+import { startHello, startOurNode, type Target } from './lib/processes.js';
+import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
+
+export interface ThroughputOptions {
+  durationSeconds: number;
+  warmupSeconds: number;
+  connections: number;
+  rounds: number;
+  users: number;
+}
+
+interface TargetSpec {
+  name: string;
+  start(): Promise<Target>;
+  /** Name of the target this one is compared with (default: the ceiling, the first). */
+  versus?: string;
+  /** The ratio this target must reach against `versus`. */
+  bar?: number;
+}
+
+const CEILING = 'fastify hello-world, 1 process';
+
+/** The targets of one run; the first is the ceiling. */
+function targets(): TargetSpec[] {
+  return [
+    { name: CEILING, start: startHello },
+    { name: 'check, local mode, 1 process', start: () => startOurNode('check, local mode, 1 process', { RATE_LIMITING_WORKERS: '1' }), bar: 0.85 },
+  ];
+}
+
+/**
+ * `npm run bench -- throughput`. Every target runs at once but idles while another is
+ * loaded; rounds visit the targets in turn, so the drift of a shared machine reaches
+ * all of them alike. Each round gives a ratio per target against its reference; the
+ * median round is reported.
+ */
+export async function throughput(options: ThroughputOptions): Promise<boolean> {
+  const generator = pickGenerator();
+  const specs = targets();
+  const started: Array<{ name: string; target: Target }> = [];
+  const runs = new Map<string, LoadResult[]>();
+  try {
+    for (const spec of specs) started.push({ name: spec.name, target: await spec.start() });
+    const load = (target: Target, seconds: number) =>
+      runLoad(generator, { url: target.url, path: target.path, connections: options.connections, users: options.users, durationSeconds: seconds });
+    for (const { target } of started) await load(target, options.warmupSeconds);
+    for (let round = 1; round <= options.rounds; round++) {
+      const line: string[] = [];
+      for (const { name, target } of started) {
+        const result = await load(target, options.durationSeconds);
+        if (result.failures > 0) throw new Error(`${name}: ${result.failures} failed requests`);
+        runs.set(name, [...(runs.get(name) ?? []), result]);
+        line.push(`${name}: ${Math.round(result.requestsPerSecond)}`);
+      }
+      console.log(`round ${round}/${options.rounds}  ${line.join('  |  ')}`);
+    }
+  } finally {
+    await Promise.all(started.map(({ target }) => target.stop()));
+  }
+
+  let ok = true;
+  const rows: Row[] = specs.map((spec) => {
+    const mine = runs.get(spec.name)!;
+    const versus = spec.versus ?? CEILING;
+    const theirs = runs.get(versus)!;
+    const ratio = median(mine.map((r, i) => r.requestsPerSecond / theirs[i]!.requestsPerSecond));
+    if (spec.bar !== undefined && ratio < spec.bar) ok = false;
+    return {
+      target: spec.name,
+      'req/s': Math.round(median(mine.map((r) => r.requestsPerSecond))),
+      'p50 ms': median(mine.map((r) => r.p50Ms)).toFixed(2),
+      'p99 ms': median(mine.map((r) => r.p99Ms)).toFixed(2),
+      ratio: spec.name === versus ? '1.00' : `${ratio.toFixed(2)} vs ${versus === CEILING ? 'ceiling' : versus}`,
+      bar: spec.bar === undefined ? '' : `≥ ${spec.bar}`,
+    };
+  });
+  const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}`;
+  console.log(`\n${table(rows)}\n`);
+  const markdown = [
+    '# Throughput',
+    '',
+    `Command: \`${command}\``,
+    '',
+    `Machine: ${machineLine()}. Load: ${generator} (1 thread) in its own process, ${options.connections} keep-alive connections, ` +
+      `${options.users} distinct users, POST bodies of the same shape to every target. ${options.warmupSeconds} s warm-up per target, then ` +
+      `${options.rounds} rounds of ${options.durationSeconds} s per target, visited in turn; ratios are the median of the per-round ratios.`,
+    '',
+    `Date: ${new Date().toISOString()}`,
+    '',
+    markdownTable(rows),
+    '',
+  ].join('\n');
+  console.log(`report: ${writeResult('throughput', markdown, { options, generator, rows })}`);
+  return ok;
+}
