@@ -1,0 +1,43 @@
+/**
+ * Every Redis key the service uses is built here. A user's keys share the hash tag
+ * `{<user>}`, so each script touches one slot and works on Redis Cluster. User ids that
+ * contain a brace are hex-encoded inside the tag (prefix `~`), so no id can end a tag
+ * early or collide with another id's keys.
+ */
+export const KEY_PREFIX = 'rl';
+
+function tag(userId: string): string {
+  return userId.includes('{') || userId.includes('}') || userId.startsWith('~')
+    ? `{~${Buffer.from(userId, 'utf8').toString('hex')}}`
+    : `{${userId}}`;
+}
+
+export interface UserKeys {
+  /** Hash {d: debt, a: debt time, v: version} of the burst bucket. */
+  bucket: string;
+  /** Counter of the minute window starting at `minuteStart`. */
+  minute: string;
+  /** Counter of the hour window starting at `hourStart`. */
+  hour: string;
+  /** Hash {c: count, g: grace start} of the day window starting at `dayStart`. */
+  day: string;
+}
+
+/** A user's keys for the windows that contain the given starts. */
+export function userKeys(userId: string, minuteStart: number, hourStart: number, dayStart: number): UserKeys {
+  const base = `${KEY_PREFIX}:${tag(userId)}`;
+  return { bucket: `${base}:b`, minute: `${base}:m:${minuteStart}`, hour: `${base}:h:${hourStart}`, day: `${base}:d:${dayStart}` };
+}
+
+export function bucketKey(userId: string): string {
+  return `${KEY_PREFIX}:${tag(userId)}:b`;
+}
+
+export function windowKey(userId: string, kind: 'm' | 'h' | 'd', start: number): string {
+  return `${KEY_PREFIX}:${tag(userId)}:${kind}:${start}`;
+}
+
+/** Start of the window of length `lengthMs` that contains `at`. */
+export function windowStart(at: number, lengthMs: number): number {
+  return at - (at % lengthMs);
+}
