@@ -1,5 +1,5 @@
 import { pickGenerator, runLoad, type LoadResult } from './lib/load.js';
-import { startHello, startOurNode, type Target } from './lib/processes.js';
+import { scrapeMetric, startHello, startOurNode, startRedis, type RedisProcess, type Target } from './lib/processes.js';
 import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
 
 export interface ThroughputOptions {
@@ -17,15 +17,29 @@ interface TargetSpec {
   versus?: string;
   /** The ratio this target must reach against `versus`. */
   bar?: number;
+  /** Sampled every 250 ms while the target is under load (e.g. the sync lag). */
+  probe?: { label: string; read(target: Target): Promise<number> };
 }
 
 const CEILING = 'fastify hello-world, 1 process';
+const LOCAL = 'check, local mode, no Redis';
+const LOCAL_REDIS = 'check, local mode + Redis write-behind';
+const REDIS_MODE = 'check, redis mode (Redis per decision)';
 
 /** The targets of one run; the first is the ceiling. */
-function targets(): TargetSpec[] {
+function targets(redis: RedisProcess): TargetSpec[] {
+  const node = (name: string, env: Record<string, string> = {}) => () => startOurNode(name, { RATE_LIMITING_WORKERS: '1', ...env });
   return [
     { name: CEILING, start: startHello },
-    { name: 'check, local mode, 1 process', start: () => startOurNode('check, local mode, 1 process', { RATE_LIMITING_WORKERS: '1' }), bar: 0.85 },
+    { name: LOCAL, start: node(LOCAL), bar: 0.85 },
+    {
+      name: LOCAL_REDIS,
+      start: node(LOCAL_REDIS, { REDIS_ENDPOINT: redis.endpoint }),
+      versus: LOCAL,
+      bar: 0.95,
+      probe: { label: 'sync lag ms (max)', read: async (t) => 1000 * (await scrapeMetric(t, 'rate_limiting_sync_lag_seconds')) },
+    },
+    { name: REDIS_MODE, start: node(REDIS_MODE, { REDIS_ENDPOINT: redis.endpoint, REDIS_DATABASE: '1', RATE_LIMITING_MODE: 'redis' }), versus: LOCAL },
   ];
 }
 
@@ -37,9 +51,11 @@ function targets(): TargetSpec[] {
  */
 export async function throughput(options: ThroughputOptions): Promise<boolean> {
   const generator = pickGenerator();
-  const specs = targets();
+  const redis = await startRedis();
+  const specs = targets(redis);
   const started: Array<{ name: string; target: Target }> = [];
   const runs = new Map<string, LoadResult[]>();
+  const probes = new Map<string, number[]>();
   try {
     for (const spec of specs) started.push({ name: spec.name, target: await spec.start() });
     const load = (target: Target, seconds: number) =>
@@ -47,8 +63,12 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     for (const { target } of started) await load(target, options.warmupSeconds);
     for (let round = 1; round <= options.rounds; round++) {
       const line: string[] = [];
-      for (const { name, target } of started) {
-        const result = await load(target, options.durationSeconds);
+      for (const [index, { name, target }] of started.entries()) {
+        const probe = specs[index]!.probe;
+        const samples = probes.get(name) ?? [];
+        probes.set(name, samples);
+        const sampler = probe ? setInterval(() => void probe.read(target).then((v) => samples.push(v), () => undefined), 250) : null;
+        const result = await load(target, options.durationSeconds).finally(() => sampler && clearInterval(sampler));
         if (result.failures > 0) throw new Error(`${name}: ${result.failures} failed requests`);
         runs.set(name, [...(runs.get(name) ?? []), result]);
         line.push(`${name}: ${Math.round(result.requestsPerSecond)}`);
@@ -57,6 +77,7 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     }
   } finally {
     await Promise.all(started.map(({ target }) => target.stop()));
+    await redis.stop();
   }
 
   let ok = true;
@@ -73,6 +94,7 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
       'p99 ms': median(mine.map((r) => r.p99Ms)).toFixed(2),
       ratio: spec.name === versus ? '1.00' : `${ratio.toFixed(2)} vs ${versus === CEILING ? 'ceiling' : versus}`,
       bar: spec.bar === undefined ? '' : `≥ ${spec.bar}`,
+      'during load': spec.probe ? `${spec.probe.label}: ${Math.round(Math.max(0, ...(probes.get(spec.name) ?? []).filter(Number.isFinite)))}` : '',
     };
   });
   const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}`;

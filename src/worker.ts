@@ -2,49 +2,124 @@ import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from './api/app.js';
 import type { Config } from './config/types.js';
-import { Decider } from './node/decider.js';
+import { Decider, type RedisTier } from './node/decider.js';
 import { Shard } from './node/shard.js';
 import { TierPolicy } from './node/tiers.js';
 import type { Logger } from './observability/logger.js';
 import { Metrics } from './observability/metrics.js';
 import { DecisionSli } from './observability/sli.js';
+import { RedisConnection, type RedisSettings } from './storage/redis/connection.js';
+import { Reconciler } from './storage/redis/reconciler.js';
+import { RedisScripts } from './storage/redis/scripts.js';
 
-export interface RunningWorker {
+export interface BuiltNode {
   app: FastifyInstance;
+  shard: Shard;
+  metrics: Metrics;
+  decider: Decider;
+  nodeId: string;
+  redis: RedisTier | null;
+  reconciler: Reconciler | null;
+  /** Stops taking requests, flushes what Redis has not seen, closes every client. */
+  close(): Promise<void>;
+}
+
+export interface RunningWorker extends BuiltNode {
   /** The port actually listened on (differs from config when it is 0). */
   port: number;
-  close(): Promise<void>;
 }
 
 export function nodeIdOf(config: Config): string {
   return config.service.node_id || `${hostname()}-${config.service.port}`;
 }
 
-export interface BuiltNode {
-  app: FastifyInstance;
-  shard: Shard;
-  metrics: Metrics;
-  nodeId: string;
+export function redisSettings(config: Config): RedisSettings {
+  const { redis, service } = config;
+  return {
+    endpoint: redis.endpoint,
+    topology: redis.topology,
+    sentinelMaster: redis.sentinel_master,
+    database: redis.database,
+    password: redis.password,
+    poolSize: redis.connection_pool_size,
+    connectTimeoutMs: redis.connection_timeout * 1000,
+    // A Redis answer later than the decision timeout is useless to the caller.
+    commandTimeoutMs: Math.max(1, Math.round(Math.min(redis.command_timeout, service.decision_timeout) * 1000)),
+  };
 }
 
+/** Longest a graceful shutdown waits for Redis to take the last changes. */
+const SHUTDOWN_FLUSH_MS = 10_000;
+
 /**
- * Wiring of one serving process: creates every component in order. `clock` is
+ * Wiring of one serving process: creates every component in order and returns the
+ * unstarted HTTP app with a `close()` that takes them down in reverse. `clock` is
  * injectable so tests can drive time; production passes `Date.now`.
  */
 export async function buildNode(config: Config, logger: Logger, clock: () => number = Date.now): Promise<BuiltNode> {
   const metrics = new Metrics();
   const sli = new DecisionSli(config.service.decision_timeout * 1000, clock);
-  const shard = new Shard(config.limiter.max_users_in_memory);
   const tiers = new TierPolicy(config);
-  const decider = new Decider({ shard, tiers, metrics, sli, clock });
   const nodeId = nodeIdOf(config);
   const startedAt = clock();
+  const mode = config.limiter.mode;
+  const durable = config.redis.endpoint !== '';
+
+  const shard = new Shard({
+    maxUsers: config.limiter.max_users_in_memory,
+    tracking: durable && mode === 'local',
+    maxEvictedDirty: config.redis.max_unsynced_evicted_users,
+    onDropped: (_entry, requests) => {
+      metrics.syncDroppedUsers.inc();
+      metrics.syncDroppedRequests.inc(requests);
+    },
+  });
+  const fallbackShard = new Shard({ maxUsers: Math.min(config.limiter.max_users_in_memory, 100_000), tracking: false, maxEvictedDirty: 0 });
+
+  let redis: RedisTier | null = null;
+  let reconciler: Reconciler | null = null;
+  if (durable) {
+    const connection = new RedisConnection(redisSettings(config), logger.child({ component: 'redis' }));
+    const slackMs = Math.max(60_000, config.redis.sync_interval_ms * 10);
+    redis = { connection, scripts: new RedisScripts(connection, slackMs) };
+    if (mode === 'local') {
+      const sync = reconciler = new Reconciler({
+        shard,
+        scripts: redis.scripts,
+        connection,
+        logger: logger.child({ component: 'reconciler' }),
+        intervalMs: config.redis.sync_interval_ms,
+        maxBatch: 20_000,
+        usersPerCall: 200,
+        clock,
+        metrics: {
+          partitioned: (v) => metrics.partitioned.set(v),
+          syncLagSeconds: (v) => metrics.syncLag.set(v),
+          pending: (users, requests) => {
+            metrics.syncPendingUsers.set(users);
+            metrics.syncPendingRequests.set(requests);
+          },
+          flushed: (users, seconds) => {
+            metrics.syncFlushedUsers.inc(users);
+            metrics.syncFlushSeconds.observe(seconds);
+          },
+          flushFailed: (users) => metrics.syncFailedUsers.inc(users),
+        },
+      });
+      connection.on('reset', () => sync.reseedAll());
+    }
+    connection.on('up', () => metrics.redisUp.set(1));
+    connection.on('down', () => metrics.redisUp.set(0));
+    metrics.redisUp.set(0);
+  }
+
+  const decider = new Decider({ shard, tiers, metrics, sli, clock, mode, redis, fallback: config.limiter.fallback_policy, fallbackShard });
 
   metrics.shardSize = () => shard.size;
   metrics.configInfo.set(
     {
-      mode: 'local',
-      durability: 'memory',
+      mode,
+      durability: durable ? 'redis' : 'memory',
       default_tier: config.user_tiers.default_tier,
       overage_handling: config.quota_management.overage_handling,
       quota_enabled: String(config.quota_management.enabled),
@@ -56,6 +131,7 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
     for (const [name, value] of Object.entries(limits)) metrics.tierLimit.set({ tier, limit: name }, value);
   }
 
+  const redisConnected = (): boolean => redis?.connection.connected ?? false;
   const app = await buildApp({
     config,
     decider,
@@ -66,33 +142,66 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
     status: {
       nodeId,
       startedAt,
-      mode: 'local',
-      durability: () => 'memory',
-      redisConnected: () => false,
-      problems: () => [],
+      mode,
+      durability: () => (durable ? 'redis' : 'memory'),
+      redisConnected,
+      problems: () => {
+        if (!durable || redisConnected()) return [];
+        return mode === 'local'
+          ? [`redis unreachable: deciding from memory; ${shard.dirty.size} users' changes wait for it (durability paused)`]
+          : [`redis unreachable: decisions follow the fallback policy (${config.limiter.fallback_policy})`];
+      },
       shardUsers: () => shard.size,
       maxUsers: shard.maxUsers,
       sli: () => sli.snapshot(),
+      sync: () =>
+        durable
+          ? {
+              sync_interval_ms: config.redis.sync_interval_ms,
+              pending_users: shard.dirty.size,
+              evicted_unsynced_users: shard.evictedDirty.size,
+            }
+          : null,
     },
   });
-  return { app, shard, metrics, nodeId };
-}
 
-/** Builds the node, listens, and closes it in reverse order on `close()`. */
-export async function startWorker(config: Config, logger: Logger): Promise<RunningWorker> {
-  const { app, nodeId } = await buildNode(config, logger);
-  const address = await app.listen({ port: config.service.port, host: config.service.host });
-  const port = Number(new URL(address).port);
-  logger.info(
-    { node_id: nodeId, address, mode: 'local' },
-    'listening; durability OFF: no REDIS_ENDPOINT configured, counters live in memory only and are lost on restart',
-  );
+  if (redis !== null) {
+    const connected = await redis.connection.start(config.redis.connection_timeout * 1000);
+    if (!connected) logger.warn({ endpoint: config.redis.endpoint }, 'redis not reachable at start; running from memory until it is');
+    reconciler?.start();
+  }
 
   return {
     app,
-    port,
+    shard,
+    metrics,
+    decider,
+    nodeId,
+    redis,
+    reconciler,
     async close() {
       await app.close();
+      if (reconciler !== null) {
+        reconciler.stop();
+        const flushed = await reconciler.flushAll(SHUTDOWN_FLUSH_MS);
+        if (!flushed) logger.error({ pending_users: shard.dirty.size }, 'shutdown: some changes could not be written to redis');
+      }
+      await redis?.connection.close();
     },
   };
+}
+
+/** Builds the node and listens on the configured port. */
+export async function startWorker(config: Config, logger: Logger): Promise<RunningWorker> {
+  const node = await buildNode(config, logger);
+  const address = await node.app.listen({ port: config.service.port, host: config.service.host });
+  const port = Number(new URL(address).port);
+  const durable = config.redis.endpoint !== '';
+  logger.info(
+    { node_id: node.nodeId, address, mode: config.limiter.mode, redis: durable ? config.redis.endpoint : null },
+    durable
+      ? `listening; counters are written behind to Redis every ${config.redis.sync_interval_ms} ms`
+      : 'listening; durability OFF: no REDIS_ENDPOINT configured, counters live in memory only and are lost on restart',
+  );
+  return { ...node, port };
 }

@@ -74,7 +74,7 @@ describe('configuration', () => {
     expect(config.rate_limits.basic).toMatchObject({ requests_per_minute: 61, requests_per_hour: 1001, requests_per_day: 10001 });
     expect(config.rate_limits.premium).toMatchObject({ requests_per_minute: 301, requests_per_hour: 5001, requests_per_day: 50001 });
     expect(config.rate_limits.enterprise).toMatchObject({ requests_per_minute: 1001, requests_per_hour: 20001, requests_per_day: 200001 });
-    expect(config.redis).toEqual({ endpoint: '127.0.0.1:6390', database: 3, password: 'pw', connection_pool_size: 4, connection_timeout: 2 });
+    expect(config.redis).toMatchObject({ endpoint: '127.0.0.1:6390', database: 3, password: 'pw', connection_pool_size: 4, connection_timeout: 2 });
     expect(config.quota_management).toEqual({ enabled: false, overage_handling: 'throttle', reset_interval: 3600, grace_period: 0 });
     expect(config.api_key_management).toEqual({ enabled: false, generation_enabled: false, validation_enabled: false, rotation_enabled: false });
     expect(config.usage_analytics).toEqual({ enabled: false, pattern_analysis_enabled: false, reporting_enabled: false, retention_days: 30 });
@@ -125,6 +125,14 @@ describe('configuration', () => {
       'rate_limits.gold.requests_per_day: missing (RATE_LIMIT_GOLD_REQUESTS_PER_DAY)',
       'rate_limits.gold.burst_limit: missing (RATE_LIMIT_GOLD_BURST_LIMIT)',
     ]);
+  });
+
+  it('checks the Redis settings', () => {
+    expect(problemsOf({ RATE_LIMITING_MODE: 'redis' })).toEqual(['limiter.mode (RATE_LIMITING_MODE): redis mode needs redis.endpoint (REDIS_ENDPOINT)']);
+    expect(problemsOf({ REDIS_ENDPOINT: 'a:1,b:2' })[0]).toMatch(/several addresses need redis.topology/);
+    expect(problemsOf({ REDIS_ENDPOINT: 'redis://x y' })[0]).toMatch(/not a host:port list/);
+    expect(problemsOf({ REDIS_ENDPOINT: 'a:1,b:2', REDIS_TOPOLOGY: 'cluster', REDIS_SYNC_INTERVAL_MS: '100' })).toEqual([]);
+    expect(loadConfig({ REDIS_ENDPOINT: 'redis:6379' }, EMPTY_DIR).config.redis).toMatchObject({ topology: 'standalone', sync_interval_ms: 100 });
   });
 
   it('rejects windows that do not nest', () => {

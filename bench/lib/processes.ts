@@ -88,3 +88,45 @@ export async function startOurNode(name: string, env: Record<string, string> = {
     path: '/rate-limiting/check',
   });
 }
+
+export interface RedisProcess {
+  endpoint: string;
+  stop(): Promise<void>;
+}
+
+/** A redis-server of the benchmark's own, without persistence, on a free port. */
+export async function startRedis(): Promise<RedisProcess> {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const { Redis } = await import('ioredis');
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.ping();
+      client.disconnect();
+      break;
+    } catch {
+      client.disconnect();
+      if (Date.now() > deadline) throw new Error('redis-server did not start');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    endpoint: `127.0.0.1:${port}`,
+    async stop() {
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** Reads one un-labelled sample from a node's /metrics. */
+export async function scrapeMetric(target: Target, name: string): Promise<number> {
+  const text = await (await fetch(`${target.url}/metrics`)).text();
+  const match = new RegExp(`^${name} ([0-9.eE+-]+)$`, 'm').exec(text);
+  return match ? Number(match[1]) : NaN;
+}

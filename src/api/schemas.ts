@@ -66,6 +66,7 @@ export const checkResultSchema = {
     },
     quota: quotaSchema,
     mode: { type: 'string', description: 'which path decided: local, forwarded, redis or fallback' },
+    state: { type: 'string', description: 'local decisions: memory, loaded (from Redis for this check) or fresh (Redis unreachable)' },
     decided_at: { type: 'integer', description: 'epoch ms the decision was made at, by the deciding node' },
   },
 } as const;

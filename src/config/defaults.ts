@@ -15,12 +15,15 @@ export function defaultConfig(): DefaultConfig {
       premium: { requests_per_minute: 300, requests_per_hour: 5000, requests_per_day: 50000, burst_limit: 50 },
       enterprise: { requests_per_minute: 1000, requests_per_hour: 20000, requests_per_day: 200000, burst_limit: 200 },
     },
-    redis: { endpoint: '', database: 0, password: '', connection_pool_size: 10, connection_timeout: 5 },
+    redis: {
+      endpoint: '', database: 0, password: '', connection_pool_size: 10, connection_timeout: 5,
+      topology: 'standalone', sentinel_master: 'mymaster', command_timeout: 0.5, sync_interval_ms: 100, max_unsynced_evicted_users: 100_000,
+    },
     quota_management: { enabled: true, overage_handling: 'block', reset_interval: 86400, grace_period: 300 },
     api_key_management: { enabled: true, generation_enabled: true, validation_enabled: true, rotation_enabled: true },
     usage_analytics: { enabled: true, pattern_analysis_enabled: true, reporting_enabled: true, retention_days: 90 },
     performance: { memory_limit_gb: 1, cpu_cores: 2, log_level: 'INFO' },
     monitoring: { api_gateway_endpoint: '', sql_database_endpoint: '', redis_endpoint: '', custom_metrics_endpoint: '' },
-    limiter: { max_users_in_memory: 1_000_000, minute_ms: 60_000, hour_ms: 3_600_000, max_cost: 1_000_000 },
+    limiter: { mode: 'local', fallback_policy: 'local', max_users_in_memory: 1_000_000, minute_ms: 60_000, hour_ms: 3_600_000, max_cost: 1_000_000 },
   };
 }

@@ -254,6 +254,17 @@ function checkRelations(config: Config, problems: string[]): void {
   const dayMs = config.quota_management.reset_interval * 1000;
   if (hour_ms % minute_ms !== 0) problems.push(`limiter.hour_ms: must be a multiple of limiter.minute_ms (${minute_ms})`);
   if (dayMs % minute_ms !== 0) problems.push(`quota_management.reset_interval (QUOTA_RESET_INTERVAL): must be a whole number of minute windows (${minute_ms} ms)`);
+  if (config.limiter.mode === 'redis' && config.redis.endpoint === '') {
+    problems.push('limiter.mode (RATE_LIMITING_MODE): redis mode needs redis.endpoint (REDIS_ENDPOINT)');
+  }
+  if (config.redis.endpoint !== '') {
+    for (const part of config.redis.endpoint.split(',')) {
+      if (!/^\[?[A-Za-z0-9_.:-]+\]?(:\d{1,5})?$/.test(part.trim())) problems.push(`redis.endpoint (REDIS_ENDPOINT): not a host:port list: ${JSON.stringify(part)}`);
+    }
+    if (config.redis.topology === 'standalone' && config.redis.endpoint.includes(',')) {
+      problems.push('redis.endpoint (REDIS_ENDPOINT): several addresses need redis.topology (REDIS_TOPOLOGY) sentinel or cluster');
+    }
+  }
   const redisAlias = config.monitoring.redis_endpoint;
   if (redisAlias !== '' && config.redis.endpoint !== '' && redisAlias !== config.redis.endpoint) {
     problems.push(`monitoring.redis_endpoint: differs from redis.endpoint (${config.redis.endpoint}); set one of them`);

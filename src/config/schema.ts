@@ -30,6 +30,17 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     password: { type: 'string', maxLength: 1000, env: 'REDIS_PASSWORD', doc: 'Redis password', secret: true },
     connection_pool_size: { type: 'int', min: 1, max: 1000, env: 'REDIS_CONNECTION_POOL_SIZE', doc: 'Redis connections per worker' },
     connection_timeout: { type: 'number', min: 0, exclusiveMin: true, max: 600, env: 'REDIS_CONNECTION_TIMEOUT', doc: 'seconds to connect to Redis' },
+    topology: { type: 'enum', values: ['standalone', 'sentinel', 'cluster'], env: 'REDIS_TOPOLOGY', doc: 'standalone server, Sentinel (endpoint lists the sentinels) or Redis Cluster (endpoint lists seed nodes)' },
+    sentinel_master: { type: 'string', maxLength: 200, env: 'REDIS_SENTINEL_MASTER', doc: 'master name, with topology sentinel' },
+    command_timeout: {
+      type: 'number', min: 0, exclusiveMin: true, max: 60, env: 'REDIS_COMMAND_TIMEOUT',
+      doc: 'seconds a Redis command may take (capped by the decision timeout)',
+    },
+    sync_interval_ms: { type: 'int', min: 5, max: 60_000, env: 'REDIS_SYNC_INTERVAL_MS', doc: 'how often memory is reconciled to Redis' },
+    max_unsynced_evicted_users: {
+      type: 'int', min: 0, max: 10_000_000, env: 'REDIS_MAX_UNSYNCED_EVICTED_USERS',
+      doc: 'evicted users whose changes wait for Redis; beyond this, changes are dropped and counted',
+    },
   },
   quota_management: {
     enabled: { type: 'bool', env: 'QUOTA_MANAGEMENT_ENABLED', doc: 'enforce the day quota' },
@@ -67,6 +78,11 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     custom_metrics_endpoint: { type: 'string', maxLength: 1000, env: 'CUSTOM_METRICS_ENDPOINT', doc: 'Prometheus Pushgateway URL' },
   },
   limiter: {
+    mode: { type: 'enum', values: ['local', 'redis'], env: 'RATE_LIMITING_MODE', doc: 'local: decide in memory, write behind to Redis; redis: every decision in Redis' },
+    fallback_policy: {
+      type: 'enum', values: ['local', 'allow', 'deny'], env: 'RATE_LIMITING_FALLBACK_POLICY',
+      doc: 'when neither the owner\'s memory nor Redis can decide: a local bucket, allow, or deny',
+    },
     max_users_in_memory: { type: 'int', min: 1000, max: 100_000_000, env: 'RATE_LIMITING_MAX_USERS_IN_MEMORY', doc: 'users kept in memory per node' },
     minute_ms: { type: 'int', min: 1000, max: 60_000, env: 'RATE_LIMITING_MINUTE_MS', doc: 'length of the minute window (benchmarks only)' },
     hour_ms: { type: 'int', min: 1000, max: 3_600_000, env: 'RATE_LIMITING_HOUR_MS', doc: 'length of the hour window (benchmarks only)' },

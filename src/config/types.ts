@@ -38,6 +38,11 @@ export interface Config {
     password: string;
     connection_pool_size: number;
     connection_timeout: number;
+    topology: 'standalone' | 'sentinel' | 'cluster';
+    sentinel_master: string;
+    command_timeout: number;
+    sync_interval_ms: number;
+    max_unsynced_evicted_users: number;
   };
   quota_management: {
     enabled: boolean;
@@ -69,6 +74,8 @@ export interface Config {
     custom_metrics_endpoint: string;
   };
   limiter: {
+    mode: DecisionMode;
+    fallback_policy: FallbackPolicy;
     /** Upper bound of users held in memory by one node (split across its workers). */
     max_users_in_memory: number;
     /** Length of the "minute" window in ms; only the benchmark shortens it (see docs/semantics.md). */

@@ -20,6 +20,7 @@ export const DECISION_CODES = [
   'KEY_EXPIRED',
   'KEY_REVOKED',
   'USER_DISABLED',
+  'UNAVAILABLE',
 ] as const;
 export type DecisionCode = (typeof DECISION_CODES)[number];
 
@@ -72,6 +73,11 @@ export interface Decision {
   graceStarted: boolean;
   /** The time the decision was made at (epoch ms). */
   now: number;
+}
+
+/** Start of the window of length `lengthMs` that contains `at` (windows are aligned to the epoch). */
+export function windowStart(at: number, lengthMs: number): number {
+  return at - (at % lengthMs);
 }
 
 const NORMAL = 0;

@@ -42,6 +42,7 @@ export function checkResultBody(outcome: CheckOutcome, cost: number) {
     limits: decision.limits,
     quota: quotaBody(decision),
     mode: outcome.path,
+    state: outcome.state,
     decided_at: decision.now,
   };
 }

@@ -16,6 +16,8 @@ export interface NodeStatus {
   shardUsers(): number;
   maxUsers: number;
   sli(): SliSnapshot;
+  /** Write-behind state, or null without Redis. */
+  sync(): { sync_interval_ms: number; pending_users: number; evicted_unsynced_users: number } | null;
 }
 
 const healthSchema = {
@@ -50,6 +52,15 @@ const statusSchema = {
         shard: {
           type: 'object',
           properties: { users: { type: 'integer' }, max_users: { type: 'integer' } },
+        },
+        redis: {
+          type: ['object', 'null'],
+          properties: {
+            connected: { type: 'boolean' },
+            sync_interval_ms: { type: 'integer' },
+            pending_users: { type: 'integer' },
+            evicted_unsynced_users: { type: 'integer' },
+          },
         },
         decisions: {
           type: 'object',
@@ -95,6 +106,10 @@ export function registerHealthRoutes(app: FastifyInstance, deps: AppDeps): void 
       durability: status.durability(),
       uptime_seconds: uptime(),
       shard: { users: status.shardUsers(), max_users: status.maxUsers },
+      redis: (() => {
+        const sync = status.sync();
+        return sync === null ? null : { connected: status.redisConnected(), ...sync };
+      })(),
       decisions: {
         window_seconds: sli.windowSeconds,
         count: sli.decisions,

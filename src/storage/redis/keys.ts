@@ -13,13 +13,17 @@ function tag(userId: string): string {
 }
 
 export interface UserKeys {
-  /** Hash {d: debt, a: debt time, v: version} of the burst bucket. */
+  /**
+   * The burst bucket and the grace start, one string "debt at version graceDay graceAt"
+   * (graceDay: start of the day window grace began in, -1 if none), so one read and one
+   * write cover both.
+   */
   bucket: string;
   /** Counter of the minute window starting at `minuteStart`. */
   minute: string;
   /** Counter of the hour window starting at `hourStart`. */
   hour: string;
-  /** Hash {c: count, g: grace start} of the day window starting at `dayStart`. */
+  /** Counter of the day (quota) window starting at `dayStart`. */
   day: string;
 }
 
@@ -33,11 +37,9 @@ export function bucketKey(userId: string): string {
   return `${KEY_PREFIX}:${tag(userId)}:b`;
 }
 
+/** NOTE: reconcile.lua derives these from the bucket key (`…:b` → `…:<kind>:<start>`); keep both in step. */
 export function windowKey(userId: string, kind: 'm' | 'h' | 'd', start: number): string {
   return `${KEY_PREFIX}:${tag(userId)}:${kind}:${start}`;
 }
 
-/** Start of the window of length `lengthMs` that contains `at`. */
-export function windowStart(at: number, lengthMs: number): number {
-  return at - (at % lengthMs);
-}
+export { windowStart } from '../../node/engine.js';

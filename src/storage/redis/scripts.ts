@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Decision, DecisionCode } from '../../node/engine.js';
 import type { EffectiveLimits, LimitName } from '../../node/limits.js';
 import type { RedisClient, RedisConnection } from './connection.js';
-import { bucketKey, userKeys, windowKey, windowStart } from './keys.js';
+import { bucketKey, userKeys, windowStart } from './keys.js';
 
 /**
  * Typed wrappers of the Lua scripts in ./lua (one script per file, KEYS/ARGV/return
@@ -41,10 +41,7 @@ export interface WindowFlush {
   delta: number;
   /** What the owner believes the total is (-1 unknown); re-seeds a lost key. */
   full: number;
-  /** Keys expire this long after their window ends. */
   lengthMs: number;
-  /** Day windows: when grace started (-1 none). */
-  graceAt: number;
 }
 
 export interface UserFlush {
@@ -57,15 +54,27 @@ export interface UserFlush {
   baseDebt: number;
   baseAt: number;
   perMinute: number;
+  dayMs: number;
+  /** The owner's current day window, and when grace began in it as far as it knows (-1 none). */
+  dayStart: number;
+  graceAt: number;
   windows: WindowFlush[];
 }
 
-export interface FlushResult {
+/** What Redis holds for a user where it differs from what the owner believes. */
+export interface Surprise {
   debt: number;
   debtAt: number;
   version: number;
-  windows: Array<{ total: number; graceAt: number }>;
+  graceDay: number;
+  graceAt: number;
+  /** Totals of the owner's current minute, hour and day windows (-1 where it sent none). */
+  minute: number;
+  hour: number;
+  day: number;
 }
+
+const KIND_CODE = { m: 1, h: 2, d: 3 } as const;
 
 export class RedisScripts {
   private readonly registered = new WeakSet<RedisClient>();
@@ -120,20 +129,37 @@ export class RedisScripts {
 
   /** A user's full state for the windows of `now`. */
   async load(userId: string, limits: EffectiveLimits, now: number): Promise<StoredUserState> {
-    const r = (await this.commands().rlLoad(...this.keysAt(userId, limits, now))).map(Number);
+    const r = (await this.commands().rlLoad(...this.keysAt(userId, limits, now), windowStart(now, limits.dayMs))).map(Number);
     return { debt: r[0]!, debtAt: r[1]!, version: r[2]!, minuteCount: r[3]!, hourCount: r[4]!, dayCount: r[5]!, graceAt: r[6]! };
   }
 
-  /** Applies one user's pending changes; returns the totals the owner adopts. */
-  async reconcile(flush: UserFlush): Promise<FlushResult> {
-    const keys = [bucketKey(flush.userId), ...flush.windows.map((w) => windowKey(flush.userId, w.kind, w.start))];
-    const args: ScriptArg[] = [
-      flush.writeBucket ? 1 : 0, flush.ownerDebt, flush.ownerAt, flush.baseVersion, flush.baseDebt, flush.baseAt, flush.perMinute, this.slackMs,
-    ];
-    for (const w of flush.windows) args.push(w.kind === 'd' ? 'd' : 'c', w.delta, w.full, w.start + w.lengthMs + this.slackMs, w.graceAt);
-    const r = (await this.commands().rlReconcile(keys.length, ...keys, ...args)).map(Number);
-    const windows: FlushResult['windows'] = [];
-    for (let i = 3; i < r.length; i += 2) windows.push({ total: r[i]!, graceAt: r[i + 1]! });
-    return { debt: r[0]!, debtAt: r[1]!, version: r[2]!, windows };
+  /**
+   * Applies a batch of users' pending changes in one script call. Returns, by position
+   * in `flushes`, only the users whose state in Redis differs from what their owner
+   * believes (other writers, lost keys); everyone else was written exactly as sent, with
+   * bucket version base + 1. On Redis Cluster every user is its own call (one slot per
+   * script), auto-pipelined.
+   */
+  async reconcile(flushes: UserFlush[]): Promise<Map<number, Surprise>> {
+    const surprises = new Map<number, Surprise>();
+    if (flushes.length === 0) return surprises;
+    if (this.connection.settings.topology === 'cluster' && flushes.length > 1) {
+      const parts = await Promise.all(flushes.map((f) => this.reconcile([f])));
+      parts.forEach((part, i) => part.forEach((s) => surprises.set(i, s)));
+      return surprises;
+    }
+    const keys: string[] = [];
+    let packed = '';
+    for (const f of flushes) {
+      keys.push(bucketKey(f.userId));
+      packed += `${f.writeBucket ? 1 : 0} ${f.ownerDebt} ${f.ownerAt} ${f.baseVersion} ${f.baseDebt} ${f.baseAt} ${f.perMinute} ${f.dayStart} ${f.graceAt} ${f.dayMs} ${f.windows.length} `;
+      for (const w of f.windows) packed += `${KIND_CODE[w.kind]} ${w.start} ${w.delta} ${w.full} ${w.lengthMs} `;
+    }
+    const r = await this.commands().rlReconcile(keys.length, ...keys, packed, this.slackMs);
+    for (let i = 0; i < r.length; i += 9) {
+      const n = (k: number): number => Number(r[i + k]);
+      surprises.set(n(0) - 1, { debt: n(1), debtAt: n(2), version: n(3), graceDay: n(4), graceAt: n(5), minute: n(6), hour: n(7), day: n(8) });
+    }
+    return surprises;
   }
 }

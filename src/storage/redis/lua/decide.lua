@@ -2,10 +2,11 @@
   decide: one rate-limit decision, atomically, in Redis (docs/semantics.md).
   The same arithmetic as src/node/engine.ts, step for step; test/vectors runs both.
 
-  KEYS[1]  bucket hash {d = debt units, a = debt time ms, v = version}
+  KEYS[1]  bucket "debt at version graceDay graceAt" (debt in units, times in ms; graceDay is
+           the start of the day window grace began in, -1 if none)
   KEYS[2]  minute counter of the window containing ARGV now
   KEYS[3]  hour counter of the window containing now
-  KEYS[4]  day hash {c = count, g = grace start ms} of the window containing now
+  KEYS[4]  day (quota) counter of the window containing now
 
   ARGV  1 now (ms, from the deciding node)   2 cost (0 = peek)
         3 burst  4 perMinute  5 perHour  6 perDay  7 throttlePerMinute
@@ -37,14 +38,19 @@ local NEVER = math.huge
 local function fmt(x) return string.format('%.0f', x) end
 
 -- The stored state, as the engine's UserState for the windows of `now`.
-local b = redis.call('HMGET', KEYS[1], 'd', 'a', 'v')
-local dayHash = redis.call('HMGET', KEYS[4], 'c', 'g')
+local debt0, debtAt0, version0, graceDay0, graceAt0 = 0, 0, 0, -1, -1
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local d, a, v, gd, ga = string.match(stored, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+  debt0, debtAt0, version0, graceDay0, graceAt0 = tonumber(d), tonumber(a), tonumber(v), tonumber(gd), tonumber(ga)
+end
 local S = {
-  debt = tonumber(b[1]) or 0, debtAt = tonumber(b[2]) or 0, version = tonumber(b[3]) or 0,
+  debt = debt0, debtAt = debtAt0, version = version0,
   minuteStart = now - (now % L.minuteMs), minuteCount = tonumber(redis.call('GET', KEYS[2])) or 0,
   hourStart = now - (now % L.hourMs), hourCount = tonumber(redis.call('GET', KEYS[3])) or 0,
-  dayStart = now - (now % L.dayMs), dayCount = tonumber(dayHash[1]) or 0, graceAt = tonumber(dayHash[2]) or -1,
+  dayStart = now - (now % L.dayMs), dayCount = tonumber(redis.call('GET', KEYS[4])) or 0, graceAt = -1,
 }
+if graceDay0 == S.dayStart then S.graceAt = graceAt0 end
 
 local function decayedDebt(debt, debtAt, at, perMinute)
   if debt <= 0 then return 0 end
@@ -141,15 +147,17 @@ local version = S.version
 if charged > 0 then
   version = version + 1
   local debtAt = math.max(S.debtAt, now)
-  redis.call('HSET', KEYS[1], 'd', fmt(debtAfter), 'a', fmt(debtAt), 'v', fmt(version))
-  redis.call('PEXPIREAT', KEYS[1], fmt(debtAt + math.ceil(debtAfter / L.perMinute) + slack))
-  redis.call('INCRBY', KEYS[2], charged)
-  redis.call('PEXPIREAT', KEYS[2], fmt(A.minuteStart + L.minuteMs + slack))
-  redis.call('INCRBY', KEYS[3], charged)
-  redis.call('PEXPIREAT', KEYS[3], fmt(A.hourStart + L.hourMs + slack))
-  redis.call('HINCRBY', KEYS[4], 'c', charged)
-  if graceStarted then redis.call('HSET', KEYS[4], 'g', fmt(now)) end
-  redis.call('PEXPIREAT', KEYS[4], fmt(A.dayStart + L.dayMs + slack))
+  local graceDay, graceAt = graceDay0, graceAt0
+  if graceStarted then graceDay, graceAt = A.dayStart, now end
+  local expireAt = debtAt + math.ceil(debtAfter / L.perMinute)
+  if graceAt >= 0 then expireAt = math.max(expireAt, graceDay + L.dayMs) end
+  redis.call('SET', KEYS[1], fmt(debtAfter) .. ' ' .. fmt(debtAt) .. ' ' .. fmt(version) .. ' ' .. fmt(graceDay) .. ' ' .. fmt(graceAt),
+    'PXAT', fmt(expireAt + slack))
+  local keys = { KEYS[2], KEYS[3], KEYS[4] }
+  local ends = { A.minuteStart + L.minuteMs, A.hourStart + L.hourMs, A.dayStart + L.dayMs }
+  for i = 1, 3 do
+    if redis.call('INCRBY', keys[i], charged) == charged then redis.call('PEXPIREAT', keys[i], fmt(ends[i] + slack)) end
+  end
 end
 
 local code

@@ -1,15 +1,21 @@
 --[[
   load: one user's full state for the windows of the given time, to seed an owner's memory.
 
-  KEYS[1] bucket hash {d, a, v}   KEYS[2] minute counter   KEYS[3] hour counter   KEYS[4] day hash {c, g}
+  KEYS[1] bucket "debt at version graceDay graceAt"   KEYS[2..4] minute, hour, day counters
+  ARGV[1] start of the day window the counters belong to
 
   Returns {debt, debtAt, version, minuteCount, hourCount, dayCount, graceAt}; absent values
-  are 0 (version: 0, graceAt: -1).
+  are 0 (graceAt: -1, also when grace began in another day window).
 ]]
-local b = redis.call('HMGET', KEYS[1], 'd', 'a', 'v')
-local day = redis.call('HMGET', KEYS[4], 'c', 'g')
+local debt, at, version, graceDay, graceAt = 0, 0, 0, -1, -1
+local b = redis.call('GET', KEYS[1])
+if b then
+  local d, a, v, gd, ga = string.match(b, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+  debt, at, version, graceDay, graceAt = tonumber(d), tonumber(a), tonumber(v), tonumber(gd), tonumber(ga)
+end
+if graceDay ~= tonumber(ARGV[1]) then graceAt = -1 end
 return {
-  tonumber(b[1]) or 0, tonumber(b[2]) or 0, tonumber(b[3]) or 0,
+  debt, at, version,
   tonumber(redis.call('GET', KEYS[2])) or 0, tonumber(redis.call('GET', KEYS[3])) or 0,
-  tonumber(day[1]) or 0, tonumber(day[2]) or -1,
+  tonumber(redis.call('GET', KEYS[4])) or 0, graceAt,
 }

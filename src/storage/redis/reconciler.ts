@@ -1,0 +1,271 @@
+/**
+ * Write-behind reconciliation of a shard's counters to Redis.
+ *
+ * Decisions never wait on Redis: they charge memory and leave a pending change per
+ * window. Every sync interval this loop takes the pending changes of every dirty user,
+ * sends them with one `reconcile` script call per user (auto-pipelined), and folds back
+ * what Redis returns: anything other writers added in between is added to memory
+ * (Limitador's "learn remote deltas"). A failed flush puts its changes back — they are
+ * never dropped while the user is in memory; evicted users' changes are kept up to a
+ * bound, past which they are counted as dropped.
+ *
+ * Accuracy trade-off: while Redis is healthy, a crash (kill -9) loses at most the
+ * changes of the last sync interval (plus the flush in flight); a graceful shutdown
+ * flushes everything. While Redis is away, the owner keeps deciding exactly from memory
+ * and only durability is delayed.
+ */
+import type { Logger } from '../../observability/logger.js';
+import { decayedDebt } from '../../node/engine.js';
+import { addPending, isDirty, type PendingWindow, type Shard, type ShardEntry } from '../../node/shard.js';
+import type { RedisConnection } from './connection.js';
+import type { RedisScripts, Surprise, UserFlush, WindowFlush } from './scripts.js';
+
+export interface ReconcilerMetrics {
+  partitioned(value: 0 | 1): void;
+  syncLagSeconds(value: number): void;
+  pending(users: number, requests: number): void;
+  flushed(users: number, seconds: number): void;
+  flushFailed(users: number): void;
+}
+
+export interface ReconcilerOptions {
+  shard: Shard;
+  scripts: RedisScripts;
+  connection: RedisConnection;
+  logger: Logger;
+  metrics: ReconcilerMetrics;
+  intervalMs: number;
+  /** Most users flushed in one tick (the rest wait for the next). */
+  maxBatch: number;
+  /** Users per script call. */
+  usersPerCall: number;
+  clock: () => number;
+}
+
+interface InFlight {
+  userId: string;
+  entry: ShardEntry;
+  flush: UserFlush;
+}
+
+export class Reconciler {
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private reseedQueue: string[] = [];
+  private lastFailureLogged = 0;
+
+  constructor(private readonly options: ReconcilerOptions) {}
+
+  start(): void {
+    this.timer ??= setInterval(() => void this.tick(), this.options.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  /** Users with changes Redis has not seen (in memory or evicted). */
+  get pendingUsers(): number {
+    return this.options.shard.dirty.size;
+  }
+
+  /**
+   * Marks every held user to be written in full: Redis came back empty or as another
+   * server. Spread over the following ticks so decisions are not held up.
+   */
+  reseedAll(): void {
+    this.reseedQueue = this.options.shard.userIds();
+    this.options.logger.info({ users: this.reseedQueue.length }, 're-seeding Redis from memory');
+  }
+
+  /** One flush pass; overlapping calls share the pass in progress. */
+  tick(): Promise<void> {
+    this.running ??= this.flushOnce().finally(() => (this.running = null));
+    return this.running;
+  }
+
+  /** Flushes until nothing is pending or `timeoutMs` passes; true when everything is in Redis. */
+  async flushAll(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      await this.tick();
+      if (this.options.shard.dirty.size === 0 && this.reseedQueue.length === 0) return true;
+      if (!this.options.connection.connected) await new Promise((r) => setTimeout(r, 50));
+    }
+    return this.options.shard.dirty.size === 0;
+  }
+
+  private markReseeds(): void {
+    const { shard, clock } = this.options;
+    const batch = this.reseedQueue.splice(0, this.options.maxBatch);
+    const now = clock();
+    for (const userId of batch) {
+      const entry = shard.peek(userId);
+      if (entry === undefined) continue;
+      // Zero deltas for the current windows carry the full counts (see toFlush).
+      addPending(entry, 'm', entry.minuteStart, entry.limits.minuteMs, 0);
+      addPending(entry, 'h', entry.hourStart, entry.limits.hourMs, 0);
+      addPending(entry, 'd', entry.dayStart, entry.limits.dayMs, 0);
+      entry.bucketDirty = true;
+      entry.graceDirty ||= entry.graceAt >= 0;
+      if (entry.dirtySince === 0) entry.dirtySince = now;
+      shard.dirty.add(userId);
+    }
+  }
+
+  private async flushOnce(): Promise<void> {
+    const { shard, connection, metrics, clock } = this.options;
+    const now = clock();
+    this.reportPending(now);
+    if (!connection.connected) {
+      metrics.partitioned(shard.dirty.size > 0 ? 1 : 0);
+      return;
+    }
+    if (this.reseedQueue.length > 0) this.markReseeds();
+    if (shard.dirty.size === 0) {
+      metrics.partitioned(0);
+      return;
+    }
+
+    const batch: InFlight[] = [];
+    for (const userId of shard.dirty) {
+      if (batch.length >= this.options.maxBatch) break;
+      const entry = shard.peek(userId);
+      shard.dirty.delete(userId);
+      if (entry === undefined || !isDirty(entry)) continue;
+      batch.push({ userId, entry, flush: this.toFlush(userId, entry) });
+    }
+    if (batch.length === 0) return;
+
+    const started = Date.now();
+    const chunks: InFlight[][] = [];
+    for (let i = 0; i < batch.length; i += this.options.usersPerCall) chunks.push(batch.slice(i, i + this.options.usersPerCall));
+    const results = await Promise.allSettled(chunks.map((chunk) => this.options.scripts.reconcile(chunk.map((item) => item.flush))));
+    const doneAt = clock();
+    let failed = 0;
+    results.forEach((result, c) => {
+      const chunk = chunks[c]!;
+      if (result.status === 'fulfilled') chunk.forEach((item, i) => this.adopt(item, result.value.get(i), doneAt));
+      else {
+        failed += chunk.length;
+        for (const item of chunk) this.restore(item);
+      }
+    });
+    const seconds = (Date.now() - started) / 1000;
+    metrics.flushed(batch.length - failed, seconds);
+    if (failed > 0) {
+      metrics.flushFailed(failed);
+      metrics.partitioned(1);
+      if (Date.now() - this.lastFailureLogged > 10_000) {
+        this.lastFailureLogged = Date.now();
+        const reason = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason as Error | undefined;
+        this.options.logger.warn({ failed, err: reason?.message }, 'flush to redis failed; changes kept for the next attempt');
+      }
+    } else {
+      metrics.partitioned(0);
+    }
+  }
+
+  /** Takes the entry's pending changes into a flush (they are put back if it fails). */
+  private toFlush(userId: string, entry: ShardEntry): UserFlush {
+    const windows: WindowFlush[] = (entry.pending ?? []).map((w) => ({
+      kind: w.kind,
+      start: w.start,
+      delta: w.delta,
+      full: this.currentCount(entry, w),
+      lengthMs: w.lengthMs,
+    }));
+    const flush: UserFlush = {
+      userId,
+      writeBucket: entry.bucketDirty,
+      ownerDebt: entry.debt,
+      ownerAt: entry.debtAt,
+      baseVersion: entry.version,
+      baseDebt: entry.baseDebt,
+      baseAt: entry.baseAt,
+      perMinute: entry.limits.perMinute,
+      dayMs: entry.limits.dayMs,
+      dayStart: entry.dayStart,
+      graceAt: entry.graceAt,
+      windows,
+    };
+    entry.pending = null;
+    entry.bucketDirty = false;
+    entry.graceDirty = false;
+    entry.dirtySince = 0;
+    return flush;
+  }
+
+  /** The entry's count of window `w` if it is still the current one, else -1 (unknown). */
+  private currentCount(entry: ShardEntry, w: PendingWindow): number {
+    if (w.kind === 'm') return w.start === entry.minuteStart ? entry.minuteCount : -1;
+    if (w.kind === 'h') return w.start === entry.hourStart ? entry.hourCount : -1;
+    return w.start === entry.dayStart ? entry.dayCount : -1;
+  }
+
+  /**
+   * Folds the flush's outcome into memory. Normally Redis now holds exactly what was
+   * sent; a surprise (another writer, a lost key) adds what others contributed.
+   */
+  private adopt(item: InFlight, surprise: Surprise | undefined, now: number): void {
+    const { entry, flush } = item;
+    if (surprise === undefined) {
+      if (flush.writeBucket) {
+        entry.version = flush.baseVersion + 1;
+        entry.baseDebt = flush.ownerDebt;
+        entry.baseAt = flush.ownerAt;
+      }
+    } else {
+      const perMinute = flush.perMinute;
+      const expectedDebt = flush.writeBucket ? flush.ownerDebt : entry.baseDebt;
+      const expectedAt = flush.writeBucket ? flush.ownerAt : entry.baseAt;
+      const others = decayedDebt(surprise.debt, surprise.debtAt, now, perMinute) - decayedDebt(expectedDebt, expectedAt, now, perMinute);
+      if (others > 0) {
+        entry.debt = decayedDebt(entry.debt, entry.debtAt, now, perMinute) + others;
+        entry.debtAt = Math.max(entry.debtAt, now);
+      }
+      entry.version = surprise.version;
+      entry.baseDebt = surprise.debt;
+      entry.baseAt = surprise.debtAt;
+      for (const w of flush.windows) {
+        const total = w.kind === 'm' ? surprise.minute : w.kind === 'h' ? surprise.hour : surprise.day;
+        const extra = w.full >= 0 && total >= 0 ? total - w.full : 0;
+        if (extra <= 0) continue;
+        if (w.kind === 'm' && w.start === entry.minuteStart) entry.minuteCount += extra;
+        if (w.kind === 'h' && w.start === entry.hourStart) entry.hourCount += extra;
+        if (w.kind === 'd' && w.start === entry.dayStart) entry.dayCount += extra;
+      }
+      if (surprise.graceAt >= 0 && surprise.graceDay === entry.dayStart && (entry.graceAt < 0 || surprise.graceAt < entry.graceAt)) {
+        entry.graceAt = surprise.graceAt;
+      }
+    }
+    // An evicted user is kept aside only until its changes are in Redis.
+    if (!isDirty(entry)) this.options.shard.forgetEvicted(item.userId, entry);
+  }
+
+  /** Puts a failed flush's changes back in front of whatever came since. */
+  private restore(item: InFlight): void {
+    const { entry, flush, userId } = item;
+    for (const w of flush.windows) addPending(entry, w.kind, w.start, w.lengthMs, w.delta);
+    entry.bucketDirty ||= flush.writeBucket;
+    entry.graceDirty ||= flush.graceAt >= 0;
+    entry.dirtySince = entry.dirtySince === 0 ? this.options.clock() : entry.dirtySince;
+    this.options.shard.dirty.add(userId);
+  }
+
+  private reportPending(now: number): void {
+    const { shard, metrics } = this.options;
+    let oldest = now;
+    let requests = 0;
+    for (const userId of shard.dirty) {
+      const entry = shard.peek(userId);
+      if (entry === undefined) continue;
+      if (entry.dirtySince > 0 && entry.dirtySince < oldest) oldest = entry.dirtySince;
+      for (const w of entry.pending ?? []) if (w.kind === 'd') requests += w.delta;
+    }
+    metrics.pending(shard.dirty.size, requests);
+    metrics.syncLagSeconds((now - oldest) / 1000);
+  }
+}
