@@ -90,6 +90,20 @@ describe('write-behind to Redis', () => {
     expect(quota.quota.current_usage).toBe(4);
   });
 
+  it('keeps the grace period across a restart instead of starting it again', async () => {
+    const env = { RATE_LIMIT_BASIC_REQUESTS_PER_DAY: '3', QUOTA_GRACE_PERIOD: '60' };
+    const first = await node(env, new ManualClock(T0));
+    for (let i = 0; i < 3; i++) expect((await check(first, { user_id: 'grace' })).code).toBe('OK');
+    expect((await check(first, { user_id: 'grace' })).code).toBe('GRACE');
+    await first.close();
+    nodes.splice(nodes.indexOf(first), 1);
+    const clock = new ManualClock(T0 + 30_000);
+    const second = await node(env, clock);
+    expect(await check(second, { user_id: 'grace' })).toMatchObject({ code: 'GRACE', state: 'loaded', quota: { current_usage: 5 } });
+    clock.ms = T0 + 60_000;
+    expect(await check(second, { user_id: 'grace' })).toMatchObject({ code: 'QUOTA_EXCEEDED', allowed: false });
+  });
+
   it('adopts what another writer added in Redis meanwhile', async () => {
     const clock = new ManualClock(T0);
     const owner = await node({}, clock);

@@ -83,7 +83,10 @@ export class RedisConnection extends EventEmitter {
       return new Cluster(nodes, {
         redisOptions: common,
         enableOfflineQueue: false,
-        enableAutoPipelining: true,
+        // NOTE: ioredis groups auto-pipelined cluster commands by their first argument, which
+        // for scripts with a dynamic key count is the count, not a key; commands still go
+        // out back to back without it.
+        enableAutoPipelining: false,
         lazyConnect: true,
         clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
       });
