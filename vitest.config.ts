@@ -3,8 +3,9 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Process-level tests start servers on free ports; two files at a time fits 2 cores.
-    maxWorkers: 2,
+    // Files run one at a time: process-level tests start whole clusters, and measured
+    // bounds (timeouts, lost writes) must not depend on another file hogging both cores.
+    fileParallelism: false,
     testTimeout: 30_000,
     hookTimeout: 60_000,
     globalSetup: ['test/global-setup.ts'],

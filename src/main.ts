@@ -1,12 +1,18 @@
-import { ConfigError, loadConfig } from './config/load.js';
-import { createLogger } from './observability/logger.js';
-import { startWorker } from './worker.js';
+import cluster from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
+import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
+import { LOCAL_SECRET_ENV, WORKER_INDEX_ENV, runPrimary, type PrimaryMessage, type WorkerMessage } from './cluster/primary.js';
+import { createLogger, type Logger } from './observability/logger.js';
+import { startWorker, type RunningWorker } from './worker.js';
 
-/** Process entry: `npm start`. Exit codes: 2 = bad configuration, 1 = failed to start. */
-async function main(): Promise<void> {
-  let loaded;
+/**
+ * Process entry (`npm start`). The primary validates the configuration and forks the
+ * workers; each worker serves the API and owns its part of the ring.
+ * Exit codes: 2 = bad configuration, 1 = failed to start.
+ */
+function configOrExit(): LoadedConfig {
   try {
-    loaded = loadConfig();
+    return loadConfig();
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(err.message);
@@ -14,26 +20,79 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-  const { config, file } = loaded;
-  const logger = createLogger(config.performance.log_level);
-  logger.info({ config_file: file ?? '(none: built-in defaults and environment)' }, 'configuration loaded');
+}
 
-  const worker = await startWorker(config, logger);
+/** /metrics in a worker: the primary aggregates every worker's registry. */
+function nodeMetrics(): () => Promise<{ body: string; contentType: string }> {
+  let next = 0;
+  const waiting = new Map<number, (m: Extract<PrimaryMessage, { type: 'rl:metrics-response' }>) => void>();
+  process.on('message', (message: PrimaryMessage) => {
+    if (message?.type === 'rl:metrics-response') waiting.get(message.id)?.(message);
+  });
+  return () =>
+    new Promise((resolve, reject) => {
+      const id = ++next;
+      const timer = setTimeout(() => {
+        waiting.delete(id);
+        reject(new Error('the node primary did not answer the metrics request'));
+      }, 5000);
+      waiting.set(id, (m) => {
+        clearTimeout(timer);
+        waiting.delete(id);
+        if (m.error) reject(new Error(m.error));
+        else resolve({ body: m.body, contentType: m.contentType });
+      });
+      process.send!({ type: 'rl:metrics-request', id } satisfies WorkerMessage);
+    });
+}
+
+async function runWorker({ config }: LoadedConfig, logger: Logger): Promise<void> {
+  const index = Number(process.env[WORKER_INDEX_ENV] ?? 0);
+  let worker: RunningWorker | undefined = undefined;
   let stopping = false;
-  const stop = (signal: string): void => {
+  const stop = (reason: string): void => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'shutting down');
-    worker.close().then(
+    logger.info({ worker: index, reason }, 'worker draining');
+    const closing = worker ? worker.close() : Promise.resolve();
+    closing.then(
       () => process.exit(0),
       (err: unknown) => {
-        logger.error({ err }, 'shutdown failed');
+        logger.error({ err }, 'worker shutdown failed');
         process.exit(1);
       },
     );
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('message', (message: PrimaryMessage) => {
+    if (message?.type === 'rl:shutdown') stop('primary asked');
+  });
+  // The primary is gone (crashed or killed): do not linger holding the port.
+  process.on('disconnect', () => stop('primary gone'));
+  // Signals go to the whole process group; the primary coordinates the drain.
+  process.on('SIGTERM', () => undefined);
+  process.on('SIGINT', () => undefined);
+
+  const metricsText = nodeMetrics();
+  worker = await startWorker(config, logger, {
+    workerIndex: index,
+    cluster: true,
+    ...(process.env[LOCAL_SECRET_ENV] !== undefined ? { localSecret: process.env[LOCAL_SECRET_ENV] } : {}),
+    metricsText,
+  });
+  // Constructing one registers prom-client's answer to the primary's requests in this worker.
+  new AggregatorRegistry();
+  AggregatorRegistry.setRegistries([worker.metrics.registry]);
+}
+
+async function main(): Promise<void> {
+  const loaded = configOrExit();
+  const logger = createLogger(loaded.config.performance.log_level);
+  if (cluster.isPrimary) {
+    logger.info({ config_file: loaded.file ?? '(none: built-in defaults and environment)' }, 'configuration loaded');
+    await runPrimary(loaded.config, logger);
+  } else {
+    await runWorker(loaded, logger);
+  }
 }
 
 main().catch((err: unknown) => {

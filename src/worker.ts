@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from './api/app.js';
 import type { Config } from './config/types.js';
+import { WorkerCluster } from './cluster/worker-cluster.js';
 import { Decider, type RedisTier } from './node/decider.js';
 import { Shard } from './node/shard.js';
 import { TierPolicy } from './node/tiers.js';
@@ -20,13 +21,25 @@ export interface BuiltNode {
   nodeId: string;
   redis: RedisTier | null;
   reconciler: Reconciler | null;
-  /** Stops taking requests, flushes what Redis has not seen, closes every client. */
+  cluster: WorkerCluster | null;
+  /** Stops taking requests, flushes what Redis has not seen, leaves the ring, closes every client. */
   close(): Promise<void>;
 }
 
 export interface RunningWorker extends BuiltNode {
   /** The port actually listened on (differs from config when it is 0). */
   port: number;
+}
+
+export interface NodeOptions {
+  /** Index of this worker within its node (0 when running alone). */
+  workerIndex: number;
+  /** Take part in a ring (as a worker forked by the node primary). */
+  cluster: boolean;
+  /** Secret the node's workers share when nothing else provides one. */
+  localSecret?: string;
+  /** Metrics text for /metrics; default: this process's own registry. */
+  metricsText?: () => Promise<{ body: string; contentType: string }>;
 }
 
 export function nodeIdOf(config: Config): string {
@@ -56,7 +69,12 @@ const SHUTDOWN_FLUSH_MS = 10_000;
  * unstarted HTTP app with a `close()` that takes them down in reverse. `clock` is
  * injectable so tests can drive time; production passes `Date.now`.
  */
-export async function buildNode(config: Config, logger: Logger, clock: () => number = Date.now): Promise<BuiltNode> {
+export async function buildNode(
+  config: Config,
+  logger: Logger,
+  clock: () => number = Date.now,
+  options: NodeOptions = { workerIndex: 0, cluster: false },
+): Promise<BuiltNode> {
   const metrics = new Metrics();
   const sli = new DecisionSli(config.service.decision_timeout * 1000, clock);
   const tiers = new TierPolicy(config);
@@ -64,9 +82,11 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
   const startedAt = clock();
   const mode = config.limiter.mode;
   const durable = config.redis.endpoint !== '';
+  const workerLogger = options.cluster ? logger.child({ worker: options.workerIndex }) : logger;
 
+  const maxUsers = Math.max(1000, Math.floor(config.limiter.max_users_in_memory / (options.cluster ? config.service.workers : 1)));
   const shard = new Shard({
-    maxUsers: config.limiter.max_users_in_memory,
+    maxUsers,
     tracking: durable && mode === 'local',
     maxEvictedDirty: config.redis.max_unsynced_evicted_users,
     onDropped: (_entry, requests) => {
@@ -74,27 +94,27 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
       metrics.syncDroppedRequests.inc(requests);
     },
   });
-  const fallbackShard = new Shard({ maxUsers: Math.min(config.limiter.max_users_in_memory, 100_000), tracking: false, maxEvictedDirty: 0 });
+  const fallbackShard = new Shard({ maxUsers: Math.min(maxUsers, 100_000), tracking: false, maxEvictedDirty: 0 });
 
   let redis: RedisTier | null = null;
   let reconciler: Reconciler | null = null;
   if (durable) {
-    const connection = new RedisConnection(redisSettings(config), logger.child({ component: 'redis' }));
+    const connection = new RedisConnection(redisSettings(config), workerLogger.child({ component: 'redis' }));
     const slackMs = Math.max(60_000, config.redis.sync_interval_ms * 10);
     redis = { connection, scripts: new RedisScripts(connection, slackMs) };
     if (mode === 'local') {
-      const sync = reconciler = new Reconciler({
+      const sync = (reconciler = new Reconciler({
         shard,
         scripts: redis.scripts,
         connection,
-        logger: logger.child({ component: 'reconciler' }),
+        logger: workerLogger.child({ component: 'reconciler' }),
         intervalMs: config.redis.sync_interval_ms,
         maxBatch: 20_000,
         usersPerCall: 200,
         clock,
         metrics: {
           partitioned: (v) => metrics.partitioned.set(v),
-          syncLagSeconds: (v) => metrics.syncLag.set(v),
+          syncLagSeconds: (v) => metrics.setSyncLag(v),
           pending: (users, requests) => {
             metrics.syncPendingUsers.set(users);
             metrics.syncPendingRequests.set(requests);
@@ -105,7 +125,7 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
           },
           flushFailed: (users) => metrics.syncFailedUsers.inc(users),
         },
-      });
+      }));
       connection.on('reset', () => sync.reseedAll());
     }
     connection.on('up', () => metrics.redisUp.set(1));
@@ -113,7 +133,9 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
     metrics.redisUp.set(0);
   }
 
-  const decider = new Decider({ shard, tiers, metrics, sli, clock, mode, redis, fallback: config.limiter.fallback_policy, fallbackShard });
+  const decider = new Decider({
+    shard, tiers, metrics, sli, clock, mode, redis, reconciler, cluster: null, fallback: config.limiter.fallback_policy, fallbackShard,
+  });
 
   metrics.shardSize = () => shard.size;
   metrics.configInfo.set(
@@ -131,25 +153,54 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
     for (const [name, value] of Object.entries(limits)) metrics.tierLimit.set({ tier, limit: name }, value);
   }
 
+  if (redis !== null) {
+    const connected = await redis.connection.start(config.redis.connection_timeout * 1000);
+    if (!connected) workerLogger.warn({ endpoint: config.redis.endpoint }, 'redis not reachable at start; running from memory until it is');
+    reconciler?.start();
+  }
+
+  let cluster: WorkerCluster | null = null;
+  if (options.cluster) {
+    const started = await WorkerCluster.start(
+      {
+        config, nodeId, workerIndex: options.workerIndex, shard, metrics, logger: workerLogger, redis: redis?.connection ?? null, clock,
+        ...(options.localSecret !== undefined ? { localSecret: options.localSecret } : {}),
+      },
+      () => decider,
+    );
+    cluster = started.cluster;
+    decider.attachCluster(started.view);
+  }
+
   const redisConnected = (): boolean => redis?.connection.connected ?? false;
   const app = await buildApp({
     config,
     decider,
     tiers,
     metrics,
-    logger,
+    logger: workerLogger,
     clock,
+    metricsText: options.metricsText ?? (async () => ({ body: await metrics.registry.metrics(), contentType: metrics.registry.contentType })),
     status: {
       nodeId,
+      workerIndex: options.workerIndex,
+      pid: process.pid,
       startedAt,
       mode,
       durability: () => (durable ? 'redis' : 'memory'),
       redisConnected,
       problems: () => {
-        if (!durable || redisConnected()) return [];
-        return mode === 'local'
-          ? [`redis unreachable: deciding from memory; ${shard.dirty.size} users' changes wait for it (durability paused)`]
-          : [`redis unreachable: decisions follow the fallback policy (${config.limiter.fallback_policy})`];
+        const problems: string[] = [];
+        if (durable && !redisConnected()) {
+          problems.push(
+            mode === 'local'
+              ? `redis unreachable: deciding from memory; ${shard.dirty.size} users' changes wait for it (durability paused)`
+              : `redis unreachable: decisions follow the fallback policy (${config.limiter.fallback_policy})`,
+          );
+        }
+        const suspected = cluster?.view.status().filter((m) => m.suspected).map((m) => m.id) ?? [];
+        if (suspected.length > 0) problems.push(`peers suspected, their users decided in Redis: ${suspected.join(', ')}`);
+        return problems;
       },
       shardUsers: () => shard.size,
       maxUsers: shard.maxUsers,
@@ -160,16 +211,22 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
               sync_interval_ms: config.redis.sync_interval_ms,
               pending_users: shard.dirty.size,
               evicted_unsynced_users: shard.evictedDirty.size,
+              sync_lag_ms: Math.round(metrics.syncLagMs()),
             }
           : null,
+      cluster: () =>
+        cluster === null
+          ? null
+          : {
+              self: cluster.view.selfId,
+              membership: cluster.membershipKind,
+              epoch: shard.epoch,
+              members: cluster.view.status(),
+              decisions_by_path: metrics.decisionsByPath(),
+              forwarded_batches: metrics.forwardBatchSummary(),
+            },
     },
   });
-
-  if (redis !== null) {
-    const connected = await redis.connection.start(config.redis.connection_timeout * 1000);
-    if (!connected) logger.warn({ endpoint: config.redis.endpoint }, 'redis not reachable at start; running from memory until it is');
-    reconciler?.start();
-  }
 
   return {
     app,
@@ -179,12 +236,17 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
     nodeId,
     redis,
     reconciler,
+    cluster,
     async close() {
       await app.close();
+      // Flush before leaving the ring, so the next owners load everything; checks peers
+      // forward meanwhile are flushed by the second pass.
+      if (reconciler !== null) await reconciler.flushAll(SHUTDOWN_FLUSH_MS);
+      await cluster?.stop();
       if (reconciler !== null) {
         reconciler.stop();
         const flushed = await reconciler.flushAll(SHUTDOWN_FLUSH_MS);
-        if (!flushed) logger.error({ pending_users: shard.dirty.size }, 'shutdown: some changes could not be written to redis');
+        if (!flushed) workerLogger.error({ pending_users: shard.dirty.size }, 'shutdown: some changes could not be written to redis');
       }
       await redis?.connection.close();
     },
@@ -192,16 +254,20 @@ export async function buildNode(config: Config, logger: Logger, clock: () => num
 }
 
 /** Builds the node and listens on the configured port. */
-export async function startWorker(config: Config, logger: Logger): Promise<RunningWorker> {
-  const node = await buildNode(config, logger);
+export async function startWorker(config: Config, logger: Logger, options?: NodeOptions): Promise<RunningWorker> {
+  const node = await buildNode(config, logger, Date.now, options);
   const address = await node.app.listen({ port: config.service.port, host: config.service.host });
   const port = Number(new URL(address).port);
   const durable = config.redis.endpoint !== '';
-  logger.info(
-    { node_id: node.nodeId, address, mode: config.limiter.mode, redis: durable ? config.redis.endpoint : null },
-    durable
-      ? `listening; counters are written behind to Redis every ${config.redis.sync_interval_ms} ms`
-      : 'listening; durability OFF: no REDIS_ENDPOINT configured, counters live in memory only and are lost on restart',
-  );
+  if (!options?.cluster) {
+    logger.info(
+      { node_id: node.nodeId, address, mode: config.limiter.mode, redis: durable ? config.redis.endpoint : null },
+      durable
+        ? `listening; counters are written behind to Redis every ${config.redis.sync_interval_ms} ms`
+        : 'listening; durability OFF: no REDIS_ENDPOINT configured, counters live in memory only and are lost on restart',
+    );
+  } else {
+    logger.info({ worker: options.workerIndex, address }, 'worker listening');
+  }
   return { ...node, port };
 }

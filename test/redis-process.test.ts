@@ -36,6 +36,11 @@ async function startNode(env: Record<string, string>): Promise<NodeProcess> {
 interface Traffic {
   /** Admitted cost per user, with the deciding node's time of each admission. */
   admitted: Map<string, number[]>;
+  /**
+   * Checks decided in Redis because a forward to the owning worker failed: the owner may
+   * have charged them too, so they can be counted twice (never lost).
+   */
+  retried: Map<string, number>;
   errors: number;
   stop(): Promise<void>;
 }
@@ -43,6 +48,7 @@ interface Traffic {
 /** Closed-loop checks over `users` from `concurrency` loops until stopped. */
 function traffic(url: string, users: string[], concurrency = 8): Traffic {
   const admitted = new Map<string, number[]>(users.map((u) => [u, []]));
+  const retried = new Map<string, number>();
   let running = true;
   const state = { errors: 0 };
   let next = 0;
@@ -53,6 +59,7 @@ function traffic(url: string, users: string[], concurrency = 8): Traffic {
         const res = await postJson(`${url}/rate-limiting/check`, { user_id: user });
         if (res.status !== 200) state.errors++;
         else if (res.body.allowed) admitted.get(user)!.push(res.body.decided_at);
+        if (res.body.mode === 'redis' || res.body.mode === 'fallback') retried.set(user, (retried.get(user) ?? 0) + 1);
       } catch {
         if (running) state.errors++;
       }
@@ -61,6 +68,7 @@ function traffic(url: string, users: string[], concurrency = 8): Traffic {
   const loops = Array.from({ length: concurrency }, loop);
   return {
     admitted,
+    retried,
     get errors() {
       return state.errors;
     },
@@ -118,7 +126,12 @@ describe('durability across node restarts (real processes)', () => {
     expect(await node.stop()).toBe(0);
 
     const restarted = await startNode(env);
-    for (const user of USERS) expect(await usage(restarted.url, user), user).toBe(load.admitted.get(user)!.length);
+    for (const user of USERS) {
+      const admitted = load.admitted.get(user)!.length;
+      const recovered = await usage(restarted.url, user);
+      expect(recovered, user).toBeGreaterThanOrEqual(admitted);
+      expect(recovered, user).toBeLessThanOrEqual(admitted + (load.retried.get(user) ?? 0));
+    }
   });
 
   it('survives redis-server dying under traffic and re-seeds a fresh one', async () => {
@@ -145,7 +158,7 @@ describe('durability across node restarts (real processes)', () => {
       const expected = load.admitted.get(user)!.length;
       for (;;) {
         const stored = Number(await client.get(windowKey(user, 'd', dayStart)));
-        if (stored === expected) break;
+        if (stored >= expected && stored <= expected + (load.retried.get(user) ?? 0)) break;
         if (Date.now() > deadline) throw new Error(`${user}: redis holds ${stored}, expected ${expected}`);
         await new Promise((r) => setTimeout(r, 50));
       }
@@ -156,6 +169,11 @@ describe('durability across node restarts (real processes)', () => {
     // A node restarted after that recovers them.
     await node.kill();
     const restarted = await startNode(env);
-    for (const user of USERS) expect(await usage(restarted.url, user), user).toBe(load.admitted.get(user)!.length);
+    for (const user of USERS) {
+      const admitted = load.admitted.get(user)!.length;
+      const recovered = await usage(restarted.url, user);
+      expect(recovered, user).toBeGreaterThanOrEqual(admitted);
+      expect(recovered, user).toBeLessThanOrEqual(admitted + (load.retried.get(user) ?? 0));
+    }
   });
 });

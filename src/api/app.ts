@@ -17,6 +17,8 @@ export interface AppDeps {
   logger: Logger;
   /** Live facts about this node for /health and /rate-limiting/status. */
   status: NodeStatus;
+  /** The text /metrics serves (the whole node's, under a primary). */
+  metricsText(): Promise<{ body: string; contentType: string }>;
   clock: () => number;
 }
 

@@ -24,6 +24,10 @@ export function defaultConfig(): DefaultConfig {
     usage_analytics: { enabled: true, pattern_analysis_enabled: true, reporting_enabled: true, retention_days: 90 },
     performance: { memory_limit_gb: 1, cpu_cores: 2, log_level: 'INFO' },
     monitoring: { api_gateway_endpoint: '', sql_database_endpoint: '', redis_endpoint: '', custom_metrics_endpoint: '' },
+    cluster: {
+      peers: '', secret: '', advertise_host: '', peer_port_offset: 1000, heartbeat_ms: 1000, member_ttl_ms: 3000,
+      batch_limit: 1000, batch_wait_us: 0, vnodes: 160, health_interval_ms: 250,
+    },
     limiter: { mode: 'local', fallback_policy: 'local', max_users_in_memory: 1_000_000, minute_ms: 60_000, hour_ms: 3_600_000, max_cost: 1_000_000 },
   };
 }

@@ -265,6 +265,18 @@ function checkRelations(config: Config, problems: string[]): void {
       problems.push('redis.endpoint (REDIS_ENDPOINT): several addresses need redis.topology (REDIS_TOPOLOGY) sentinel or cluster');
     }
   }
+  if (config.cluster.peers !== '') {
+    if (config.cluster.secret === '') problems.push('cluster.secret (CLUSTER_SECRET): required with static peers (CLUSTER_PEERS)');
+    for (const entry of config.cluster.peers.split(',').map((p) => p.trim()).filter(Boolean)) {
+      if (!/^[^@\s]+@\[?[^\]\s]+\]?:\d{1,5}$/.test(entry)) problems.push(`cluster.peers (CLUSTER_PEERS): not nodeId@host:port: ${JSON.stringify(entry)}`);
+    }
+  }
+  if (config.cluster.member_ttl_ms <= config.cluster.heartbeat_ms) {
+    problems.push('cluster.member_ttl_ms (CLUSTER_MEMBER_TTL_MS): must be longer than cluster.heartbeat_ms (CLUSTER_HEARTBEAT_MS)');
+  }
+  if (config.service.port + config.cluster.peer_port_offset + config.service.workers > 65_535) {
+    problems.push('cluster.peer_port_offset (CLUSTER_PEER_PORT_OFFSET): API port + offset + workers exceeds 65535');
+  }
   const redisAlias = config.monitoring.redis_endpoint;
   if (redisAlias !== '' && config.redis.endpoint !== '' && redisAlias !== config.redis.endpoint) {
     problems.push(`monitoring.redis_endpoint: differs from redis.endpoint (${config.redis.endpoint}); set one of them`);

@@ -77,6 +77,21 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     redis_endpoint: { type: 'string', maxLength: 1000, env: 'REDIS_ENDPOINT', doc: 'alias of redis.endpoint (the seed lists it twice)' },
     custom_metrics_endpoint: { type: 'string', maxLength: 1000, env: 'CUSTOM_METRICS_ENDPOINT', doc: 'Prometheus Pushgateway URL' },
   },
+  cluster: {
+    peers: {
+      type: 'string', maxLength: 10_000, env: 'CLUSTER_PEERS',
+      doc: 'static membership: nodeId@host:apiPort, comma-separated (every node, this one included); empty = Redis registry, or this node alone without Redis',
+    },
+    secret: { type: 'string', maxLength: 500, env: 'CLUSTER_SECRET', doc: 'shared secret of peer calls; empty = taken from Redis (or per node without Redis)', secret: true },
+    advertise_host: { type: 'string', maxLength: 255, env: 'ADVERTISE_HOST', doc: 'host peers use to reach this node; empty = 127.0.0.1, or the container address in Docker' },
+    peer_port_offset: { type: 'int', min: 1, max: 60_000, env: 'CLUSTER_PEER_PORT_OFFSET', doc: 'worker i listens for peers on the API port + offset + i' },
+    heartbeat_ms: { type: 'int', min: 50, max: 60_000, env: 'CLUSTER_HEARTBEAT_MS', doc: 'how often a worker renews its registry entry' },
+    member_ttl_ms: { type: 'int', min: 100, max: 600_000, env: 'CLUSTER_MEMBER_TTL_MS', doc: 'a member missing heartbeats this long leaves the ring' },
+    batch_limit: { type: 'int', min: 1, max: 10_000, env: 'CLUSTER_BATCH_LIMIT', doc: 'most checks in one forwarded batch' },
+    batch_wait_us: { type: 'int', min: 0, max: 100_000, env: 'CLUSTER_BATCH_WAIT_US', doc: 'how long a forwarded check waits for company; 0 = the current event-loop turn' },
+    vnodes: { type: 'int', min: 1, max: 10_000, env: 'CLUSTER_VNODES', doc: 'virtual nodes per ring member' },
+    health_interval_ms: { type: 'int', min: 10, max: 60_000, env: 'CLUSTER_HEALTH_INTERVAL_MS', doc: 'how often suspected peers are probed' },
+  },
   limiter: {
     mode: { type: 'enum', values: ['local', 'redis'], env: 'RATE_LIMITING_MODE', doc: 'local: decide in memory, write behind to Redis; redis: every decision in Redis' },
     fallback_policy: {

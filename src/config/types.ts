@@ -73,6 +73,18 @@ export interface Config {
     redis_endpoint: string;
     custom_metrics_endpoint: string;
   };
+  cluster: {
+    peers: string;
+    secret: string;
+    advertise_host: string;
+    peer_port_offset: number;
+    heartbeat_ms: number;
+    member_ttl_ms: number;
+    batch_limit: number;
+    batch_wait_us: number;
+    vnodes: number;
+    health_interval_ms: number;
+  };
   limiter: {
     mode: DecisionMode;
     fallback_policy: FallbackPolicy;

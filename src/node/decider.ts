@@ -2,12 +2,15 @@ import { performance } from 'node:perf_hooks';
 import type { DecisionMode, FallbackPolicy } from '../config/types.js';
 import { decide, newUserState, windowStart, type Decision } from './engine.js';
 import type { EffectiveLimits } from './limits.js';
-import { newEntry, type Shard } from './shard.js';
+import { newEntry, type Shard, type ShardEntry } from './shard.js';
 import type { TierPolicy } from './tiers.js';
 import type { DecisionPath, Metrics } from '../observability/metrics.js';
 import type { DecisionSli } from '../observability/sli.js';
 import type { RedisConnection } from '../storage/redis/connection.js';
 import type { RedisScripts } from '../storage/redis/scripts.js';
+import type { Reconciler } from '../storage/redis/reconciler.js';
+import type { ClusterView } from '../cluster/cluster-view.js';
+import { fromWire } from '../cluster/peer-protocol.js';
 
 export interface CheckInput {
   userId: string;
@@ -17,8 +20,12 @@ export interface CheckInput {
   cost: number;
 }
 
-/** Where the counters a local decision used came from. */
-export type StateSource = 'memory' | 'loaded' | 'fresh';
+/**
+ * Where the counters a local decision used came from: memory; loaded from Redis for this
+ * check; re-read from Redis because others may have decided for the user meanwhile
+ * (refreshed); or from rest because Redis could not answer (fresh).
+ */
+export type StateSource = 'memory' | 'loaded' | 'refreshed' | 'fresh';
 
 export interface CheckOutcome {
   userId: string;
@@ -50,19 +57,33 @@ export interface DeciderDeps {
   fallback: FallbackPolicy;
   /** Counters of the `local` fallback policy (never synced). */
   fallbackShard: Shard;
+  /** Write-behind of the shard; null unless local mode with Redis. */
+  reconciler: Reconciler | null;
+  /** The ring; null when this process is the only decider. */
+  cluster: ClusterView | null;
 }
 
 /**
- * Answers checks: resolves who the caller is and which limits apply, then decides on
- * the owner's counters. In `local` mode the owner is this process: a user held in
- * memory is decided synchronously; one that is not is first loaded from Redis, once
- * (concurrent checks wait on the same load). In `redis` mode every decision runs the
- * decide script. The cluster adds "the owner is a peer" as a further path.
+ * Answers checks: resolves which limits apply, reads the user's owner from the ring
+ * once, and decides on the owner's counters:
+ *  - owner is this worker: a user held in memory is decided synchronously; one that is
+ *    not is loaded from Redis first, and one from an older epoch re-read (each once:
+ *    concurrent checks of that user wait on the same load);
+ *  - owner is a healthy peer: the check joins the next batch to that peer;
+ *  - owner is suspected, or the forward fails: decided in Redis (or by the fallback
+ *    policy when Redis is away too).
+ * In `redis` mode every decision runs the decide script instead.
  */
 export class Decider {
+  /** Loads and refreshes in flight, by user (single-flight). */
   private readonly loads = new Map<string, Promise<StateSource>>();
 
   constructor(private readonly deps: DeciderDeps) {}
+
+  /** Joins the ring (once the worker's cluster view exists). */
+  attachCluster(cluster: ClusterView): void {
+    this.deps.cluster = cluster;
+  }
 
   get mode(): DecisionMode {
     return this.deps.mode;
@@ -75,37 +96,94 @@ export class Decider {
    */
   check(input: CheckInput, options?: { count: boolean }): CheckOutcome | Promise<CheckOutcome> {
     const started = performance.now();
-    const { shard, tiers, clock } = this.deps;
+    const { tiers, clock } = this.deps;
     const limits = tiers.limitsOf(tiers.tierForHint(input.tier));
     const now = clock();
     const count = options?.count !== false;
 
     if (this.deps.mode === 'redis') return this.decideInRedis(input, limits, now, started, count);
-    const entry = shard.get(input.userId);
-    if (entry !== undefined || this.deps.redis === null) {
-      const decision =
-        entry !== undefined ? shard.decideOn(input.userId, entry, limits, input.cost, now) : shard.decide(input.userId, limits, input.cost, now);
-      return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'local', state: 'memory' }, started, count);
-    }
-    return this.loadThenDecide(input, limits, now, started, count);
+    const route = this.deps.cluster?.route(input.userId);
+    if (route === undefined || route.kind === 'self') return this.decideOwned(input, limits, now, started, count);
+    if (route.kind === 'suspect') return this.decideInRedis(input, limits, now, started, count);
+    return route.client.decide({ user_id: input.userId, tier: input.tier ?? '', cost: input.cost }).then(
+      (result) => {
+        const outcome = fromWire(input.userId, result);
+        if (outcome.path === 'local') outcome.path = 'forwarded';
+        return this.finish(outcome, started, count);
+      },
+      (err: Error) => {
+        this.deps.cluster!.suspect(route.member.id, err.message);
+        this.deps.metrics.forwardErrors.inc();
+        return this.decideInRedis(input, limits, now, started, count);
+      },
+    );
   }
 
-  private async loadThenDecide(input: CheckInput, limits: EffectiveLimits, now: number, started: number, count: boolean): Promise<CheckOutcome> {
-    let load = this.loads.get(input.userId);
-    if (load === undefined) {
-      load = this.load(input.userId, limits, now).finally(() => this.loads.delete(input.userId));
-      this.loads.set(input.userId, load);
+  /**
+   * Decides a check a peer forwarded because it sees this worker as the owner. Decided
+   * here whatever this worker's own ring says, so a check never travels twice. The peer
+   * that received the check counts it as a decision; here it counts as a peer decision.
+   */
+  decideForPeer(input: CheckInput): CheckOutcome | Promise<CheckOutcome> {
+    const started = performance.now();
+    const { tiers, clock, metrics } = this.deps;
+    const limits = tiers.limitsOf(tiers.tierForHint(input.tier));
+    const now = clock();
+    metrics.peerDecisions.inc();
+    if (this.deps.mode === 'redis') return this.decideInRedis(input, limits, now, started, false);
+    return this.decideOwned(input, limits, now, started, false);
+  }
+
+  /** This worker owns the user. */
+  private decideOwned(input: CheckInput, limits: EffectiveLimits, now: number, started: number, count: boolean): CheckOutcome | Promise<CheckOutcome> {
+    const { shard } = this.deps;
+    const entry = shard.get(input.userId);
+    if (entry !== undefined && (entry.epoch === shard.epoch || this.deps.reconciler === null)) {
+      const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
+      return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'local', state: 'memory' }, started, count);
     }
-    const source = await load;
+    if (entry === undefined && this.deps.redis === null) {
+      const decision = shard.decide(input.userId, limits, input.cost, now);
+      return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'local', state: 'memory' }, started, count);
+    }
+    return this.prepareThenDecide(input, limits, now, started, count);
+  }
+
+  /** Loads the user (not in memory) or re-reads it (older epoch) once, then decides. */
+  private async prepareThenDecide(input: CheckInput, limits: EffectiveLimits, now: number, started: number, count: boolean): Promise<CheckOutcome> {
+    let prepared = this.loads.get(input.userId);
+    if (prepared === undefined) {
+      const entry = this.deps.shard.get(input.userId);
+      prepared = (entry === undefined ? this.load(input.userId, limits, now) : this.refresh(input.userId, entry)).finally(() =>
+        this.loads.delete(input.userId),
+      );
+      this.loads.set(input.userId, prepared);
+    }
+    const source = await prepared;
     const { shard } = this.deps;
     let entry = shard.get(input.userId);
     if (entry === undefined) {
       // Evicted again between the load and this waiter (a tiny shard): start it over.
-      entry = newEntry(limits);
+      entry = newEntry(limits, undefined, -1, shard.epoch);
       shard.insert(input.userId, entry);
     }
     const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
     return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'local', state: source }, started, count);
+  }
+
+  /** Re-reads an entry from an older epoch: flush its changes, adopt what others added. */
+  private async refresh(userId: string, entry: ShardEntry): Promise<StateSource> {
+    const { shard, metrics, reconciler } = this.deps;
+    const epoch = shard.epoch;
+    try {
+      await reconciler!.refresh(userId, entry);
+      metrics.staleRefreshes.inc({ result: 'refreshed' });
+    } catch {
+      // Redis cannot answer: memory is the best there is.
+      metrics.staleRefreshes.inc({ result: 'failed' });
+    }
+    entry.epoch = epoch;
+    return 'refreshed';
   }
 
   /** Seeds memory with the user's counters from Redis, or from rest if Redis cannot answer. */
@@ -113,7 +191,7 @@ export class Decider {
     const { shard, metrics } = this.deps;
     const redis = this.deps.redis!;
     let source: StateSource = 'fresh';
-    let entry = newEntry(limits);
+    let entry = newEntry(limits, undefined, -1, shard.epoch);
     if (redis.connection.connected) {
       try {
         const stored = await redis.scripts.load(userId, limits, now);
@@ -128,7 +206,7 @@ export class Decider {
           dayCount: stored.dayCount,
           graceAt: stored.graceAt,
         };
-        entry = newEntry(limits, state, stored.version);
+        entry = newEntry(limits, state, stored.version, shard.epoch);
         source = 'loaded';
       } catch {
         source = 'fresh';

@@ -28,9 +28,11 @@ export interface ShardEntry extends UserState {
   graceDirty: boolean;
   /** When the oldest unflushed change was made (ms), or 0 when clean. */
   dirtySince: number;
+  /** The shard epoch this entry was last known to be current in (see `Shard.epoch`). */
+  epoch: number;
 }
 
-export function newEntry(limits: EffectiveLimits, state: UserState = newUserState(), version = -1): ShardEntry {
+export function newEntry(limits: EffectiveLimits, state: UserState = newUserState(), version = -1, epoch = 0): ShardEntry {
   return {
     ...state,
     limits,
@@ -41,6 +43,7 @@ export function newEntry(limits: EffectiveLimits, state: UserState = newUserStat
     bucketDirty: false,
     graceDirty: false,
     dirtySince: 0,
+    epoch,
   };
 }
 
@@ -85,6 +88,12 @@ export class Shard {
   readonly dirty = new Set<string>();
   /** Evicted users whose changes are not flushed yet, oldest first. */
   readonly evictedDirty = new Map<string, ShardEntry>();
+  /**
+   * Bumped whenever others may have decided for this shard's users behind its back: the
+   * ring changed, this worker stalled, or a peer says it suspected this worker. An entry
+   * from an older epoch is re-read from Redis before it decides again.
+   */
+  epoch = 0;
 
   constructor(private readonly options: ShardOptions) {
     this.entries = new LRUCache<string, ShardEntry>({
@@ -174,7 +183,7 @@ export class Shard {
     if (entry === undefined) {
       // A peek of an unknown user must not take a slot from a real one.
       if (cost === 0) return decide(newUserState(), limits, 0, now);
-      entry = newEntry(limits);
+      entry = newEntry(limits, undefined, -1, this.epoch);
       this.insert(userId, entry);
     }
     return this.decideOn(userId, entry, limits, cost, now);

@@ -133,10 +133,112 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  // --- Cluster (src/cluster) ---
+  readonly ringMembers = new Gauge({
+    name: 'rate_limiting_ring_members',
+    help: 'Workers in the consistent-hash ring as this worker sees it',
+    registers: [this.registry],
+    aggregator: 'max',
+  });
+
+  readonly suspectedPeers = new Gauge({
+    name: 'rate_limiting_suspected_peers',
+    help: 'Ring members this worker currently suspects (their users are decided in Redis)',
+    registers: [this.registry],
+    aggregator: 'max',
+  });
+
+  readonly suspicions = new Counter({
+    name: 'rate_limiting_peer_suspicions_total',
+    help: 'Times a peer was suspected after a failed or timed-out forward',
+    registers: [this.registry],
+  });
+
+  readonly recoveries = new Counter({
+    name: 'rate_limiting_peer_recoveries_total',
+    help: 'Times a suspected peer answered health checks again',
+    registers: [this.registry],
+  });
+
+  readonly forwardBatchSize = new Histogram({
+    name: 'rate_limiting_forward_batch_size',
+    help: 'Checks per batch forwarded to a peer owner',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    registers: [this.registry],
+  });
+
+  readonly peerDecisions = new Counter({
+    name: 'rate_limiting_peer_decisions_total',
+    help: 'Checks decided here as the owner for a peer that received them (counted as decisions by that peer)',
+    registers: [this.registry],
+  });
+
+  readonly forwardErrors = new Counter({
+    name: 'rate_limiting_forward_errors_total',
+    help: 'Forwarded checks that failed and were decided another way',
+    registers: [this.registry],
+  });
+
+  readonly ringChanges = new Counter({
+    name: 'rate_limiting_ring_changes_total',
+    help: 'Membership changes that rebuilt the ring',
+    registers: [this.registry],
+  });
+
+  readonly epochBumps = new Counter({
+    name: 'rate_limiting_shard_epoch_bumps_total',
+    help: 'Times this worker marked its users for re-reading from Redis, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly staleRefreshes = new Counter({
+    name: 'rate_limiting_stale_refreshes_total',
+    help: 'Users re-read from Redis before deciding again after an epoch bump, by result',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   private readonly decisionSeries = new Map<string, CounterSeries>();
 
   constructor(options: { processMetrics?: boolean } = {}) {
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Decisions this process made (or forwarded), by path — for /rate-limiting/status. */
+  decisionsByPath(): Record<string, number> {
+    const byPath: Record<string, number> = { local: 0, forwarded: 0, redis: 0, fallback: 0 };
+    for (const v of this.decisions.values()) {
+      const path = String(v.labels.path);
+      byPath[path] = (byPath[path] ?? 0) + v.value;
+    }
+    return byPath;
+  }
+
+  private batches = { count: 0, checks: 0 };
+  private lastSyncLagSeconds = 0;
+
+  /** One batch of `size` checks forwarded to a peer. */
+  observeForwardBatch(size: number): void {
+    this.forwardBatchSize.observe(size);
+    this.batches.count++;
+    this.batches.checks += size;
+  }
+
+  /** Forwarded batches so far: how many, and their mean size. */
+  forwardBatchSummary(): { batches: number; mean_size: number } {
+    const { count, checks } = this.batches;
+    return { batches: count, mean_size: count === 0 ? 0 : Math.round((checks / count) * 10) / 10 };
+  }
+
+  setSyncLag(seconds: number): void {
+    this.syncLag.set(seconds);
+    this.lastSyncLagSeconds = seconds;
+  }
+
+  /** The last reported sync lag, in ms. */
+  syncLagMs(): number {
+    return this.lastSyncLagSeconds * 1000;
   }
 
   /** Counts one decision; called once per decision on the request path. */

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './ports.js';
 
@@ -13,8 +13,13 @@ export interface NodeProcess {
   output(): string;
   /** SIGTERM and wait for exit; returns the exit code. */
   stop(): Promise<number | null>;
-  /** SIGKILL and wait for exit. */
+  /** SIGKILL the whole node (primary and workers) and wait for the primary to exit. */
   kill(): Promise<void>;
+  /** SIGSTOP / SIGCONT the whole node. */
+  suspend(): void;
+  resume(): void;
+  /** Pids of the node's worker processes. */
+  workerPids(): number[];
   exited: Promise<number | null>;
 }
 
@@ -29,7 +34,16 @@ export async function startNodeProcess(env: Record<string, string> = {}, options
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', RATE_LIMITING_API_HOST: '127.0.0.1', ...env, RATE_LIMITING_API_PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
+    // Its own process group, so the whole node (primary and workers) can be signalled at once.
+    detached: true,
   });
+  const group = (signal: NodeJS.Signals): void => {
+    try {
+      process.kill(-child.pid!, signal);
+    } catch {
+      // already gone
+    }
+  };
   child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -45,8 +59,18 @@ export async function startNodeProcess(env: Record<string, string> = {}, options
       return exited;
     },
     async kill() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      group('SIGCONT');
+      group('SIGKILL');
       await exited;
+    },
+    suspend: () => group('SIGSTOP'),
+    resume: () => group('SIGCONT'),
+    workerPids() {
+      try {
+        return execFileSync('pgrep', ['-P', String(child.pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+      } catch {
+        return [];
+      }
     },
   };
   if (options.waitReady !== false) await waitForHealth(handle);

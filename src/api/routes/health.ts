@@ -3,8 +3,19 @@ import type { SliSnapshot } from '../../observability/sli.js';
 import type { AppDeps } from '../app.js';
 
 /** Live facts about the node, read on each /health and /status call. */
+export interface ClusterStatus {
+  self: string;
+  membership: string;
+  epoch: number;
+  members: Array<{ id: string; address: string; self: boolean; suspected: boolean; suspected_since: number | null }>;
+  decisions_by_path: Record<string, number>;
+  forwarded_batches: { batches: number; mean_size: number };
+}
+
 export interface NodeStatus {
   nodeId: string;
+  workerIndex: number;
+  pid: number;
   startedAt: number;
   /** How decisions are made: `local` (memory, write-behind) or `redis` (every decision in Redis). */
   mode: string;
@@ -17,7 +28,9 @@ export interface NodeStatus {
   maxUsers: number;
   sli(): SliSnapshot;
   /** Write-behind state, or null without Redis. */
-  sync(): { sync_interval_ms: number; pending_users: number; evicted_unsynced_users: number } | null;
+  sync(): { sync_interval_ms: number; pending_users: number; evicted_unsynced_users: number; sync_lag_ms: number } | null;
+  /** The ring as this worker sees it, or null outside a cluster. */
+  cluster(): ClusterStatus | null;
 }
 
 const healthSchema = {
@@ -46,9 +59,34 @@ const statusSchema = {
       properties: {
         service: { type: 'string' },
         node_id: { type: 'string' },
+        worker: { type: 'integer' },
+        pid: { type: 'integer' },
         mode: { type: 'string' },
         durability: { type: 'string' },
         uptime_seconds: { type: 'number' },
+        cluster: {
+          type: ['object', 'null'],
+          properties: {
+            self: { type: 'string' },
+            membership: { type: 'string' },
+            epoch: { type: 'integer' },
+            members: {
+              type: 'array',
+              items: {
+                type: 'object',
+                properties: {
+                  id: { type: 'string' },
+                  address: { type: 'string' },
+                  self: { type: 'boolean' },
+                  suspected: { type: 'boolean' },
+                  suspected_since: { type: ['integer', 'null'] },
+                },
+              },
+            },
+            decisions_by_path: { type: 'object', additionalProperties: { type: 'integer' } },
+            forwarded_batches: { type: 'object', properties: { batches: { type: 'integer' }, mean_size: { type: 'number' } } },
+          },
+        },
         shard: {
           type: 'object',
           properties: { users: { type: 'integer' }, max_users: { type: 'integer' } },
@@ -60,6 +98,7 @@ const statusSchema = {
             sync_interval_ms: { type: 'integer' },
             pending_users: { type: 'integer' },
             evicted_unsynced_users: { type: 'integer' },
+            sync_lag_ms: { type: 'integer' },
           },
         },
         decisions: {
@@ -102,9 +141,12 @@ export function registerHealthRoutes(app: FastifyInstance, deps: AppDeps): void 
     return {
       service: config.service.name,
       node_id: status.nodeId,
+      worker: status.workerIndex,
+      pid: status.pid,
       mode: status.mode,
       durability: status.durability(),
       uptime_seconds: uptime(),
+      cluster: status.cluster(),
       shard: { users: status.shardUsers(), max_users: status.maxUsers },
       redis: (() => {
         const sync = status.sync();
@@ -121,8 +163,9 @@ export function registerHealthRoutes(app: FastifyInstance, deps: AppDeps): void 
     };
   });
 
+  // One scrape covers the whole node: under the primary, metricsText aggregates every worker.
   app.get('/metrics', async (_request, reply) => {
-    const body = await deps.metrics.registry.metrics();
-    return reply.type(deps.metrics.registry.contentType).send(body);
+    const { body, contentType } = await deps.metricsText();
+    return reply.type(contentType).send(body);
   });
 }

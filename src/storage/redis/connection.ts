@@ -53,6 +53,8 @@ export class RedisConnection extends EventEmitter {
   readonly clients: RedisClient[];
   private next = 0;
   private wasUp = false;
+  private subscriber: RedisClient | null = null;
+  private readonly handlers = new Map<string, Array<(message: string) => void>>();
   private lastRunId: string | null = null;
   private closed = false;
 
@@ -66,15 +68,16 @@ export class RedisConnection extends EventEmitter {
     for (const client of this.clients) this.watch(client);
   }
 
-  private createClient(): RedisClient {
+  /** `queueWhileOffline`: only the subscriber, whose SUBSCRIBE must wait for the connection. */
+  private createClient(queueWhileOffline = false): RedisClient {
     const { settings } = this;
     const nodes = parseEndpoints(settings.endpoint);
     const common: RedisOptions = {
       password: settings.password || undefined,
       connectTimeout: settings.connectTimeoutMs,
-      commandTimeout: settings.commandTimeoutMs,
-      maxRetriesPerRequest: 0,
-      enableOfflineQueue: false,
+      commandTimeout: queueWhileOffline ? undefined : settings.commandTimeoutMs,
+      maxRetriesPerRequest: queueWhileOffline ? null : 0,
+      enableOfflineQueue: queueWhileOffline,
       enableAutoPipelining: true,
       lazyConnect: true,
       retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 5), 1000),
@@ -82,7 +85,7 @@ export class RedisConnection extends EventEmitter {
     if (settings.topology === 'cluster') {
       return new Cluster(nodes, {
         redisOptions: common,
-        enableOfflineQueue: false,
+        enableOfflineQueue: queueWhileOffline,
         // NOTE: ioredis groups auto-pipelined cluster commands by their first argument, which
         // for scripts with a dynamic key count is the count, not a key; commands still go
         // out back to back without it.
@@ -164,8 +167,40 @@ export class RedisConnection extends EventEmitter {
     return this.connected;
   }
 
+  /**
+   * Calls `handler` for every message on `channel`, over one subscriber connection of
+   * this process (created on first use, re-subscribed by ioredis after reconnects).
+   */
+  async subscribe(channel: string, handler: (message: string) => void): Promise<void> {
+    if (this.subscriber === null) {
+      const subscriber = (this.subscriber = this.createClient(true));
+      subscriber.on('error', (err: Error) => this.logger.debug({ err: err.message }, 'redis subscriber error'));
+      subscriber.on('message', (ch: string, message: string) => {
+        for (const h of this.handlers.get(ch) ?? []) h(message);
+      });
+      subscriber.connect().catch(() => undefined);
+    }
+    const list = this.handlers.get(channel) ?? [];
+    list.push(handler);
+    this.handlers.set(channel, list);
+    if (list.length === 1) {
+      // Subscribing waits for the connection; while Redis is away it is retried on reconnect.
+      this.subscriber.subscribe(channel).catch((err: Error) => this.logger.debug({ channel, err: err.message }, 'subscribe deferred'));
+    }
+  }
+
+  /** Publishes if connected; messages are hints, so a lost one is only logged. */
+  async publish(channel: string, message: string): Promise<void> {
+    try {
+      await this.client().publish(channel, message);
+    } catch (err) {
+      this.logger.debug({ channel, err: (err as Error).message }, 'publish failed');
+    }
+  }
+
   async close(): Promise<void> {
     this.closed = true;
+    this.subscriber?.disconnect();
     await Promise.all(
       this.clients.map(async (client) => {
         try {

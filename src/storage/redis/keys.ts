@@ -43,3 +43,8 @@ export function windowKey(userId: string, kind: 'm' | 'h' | 'd', start: number):
 }
 
 export { windowStart } from '../../node/engine.js';
+
+/** Cluster-wide keys share one hash tag so they live in one slot. */
+export const MEMBERS_KEY = `${KEY_PREFIX}:{cluster}:members`;
+export const MEMBERSHIP_CHANNEL = `${KEY_PREFIX}:{cluster}:membership`;
+export const CLUSTER_SECRET_KEY = `${KEY_PREFIX}:{cluster}:secret`;

@@ -48,9 +48,22 @@ interface InFlight {
   flush: UserFlush;
 }
 
+interface RefreshWaiter {
+  entry: ShardEntry;
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
 export class Reconciler {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
+  /**
+   * Flush passes and refresh passes run one after another: two concurrent writes of one
+   * user's bucket would each see the other's as a foreign write and count it twice.
+   */
+  private chain: Promise<unknown> = Promise.resolve();
+  private refreshes = new Map<string, RefreshWaiter[]>();
+  private refreshScheduled = false;
   private reseedQueue: string[] = [];
   private lastFailureLogged = 0;
 
@@ -82,7 +95,11 @@ export class Reconciler {
 
   /** One flush pass; overlapping calls share the pass in progress. */
   tick(): Promise<void> {
-    this.running ??= this.flushOnce().finally(() => (this.running = null));
+    if (this.running === null) {
+      const pass = this.chain.then(() => this.flushOnce()).finally(() => (this.running = null));
+      this.chain = pass.catch(() => undefined);
+      this.running = pass;
+    }
     return this.running;
   }
 
@@ -165,6 +182,57 @@ export class Reconciler {
       }
     } else {
       metrics.partitioned(0);
+    }
+  }
+
+  /**
+   * Brings one entry up to date with Redis before it decides again (its epoch is old:
+   * others may have decided for the user meanwhile): flushes its own changes and adopts
+   * what others added. Requests arriving together are refreshed in one batch. Rejects if
+   * Redis cannot answer; the entry keeps its changes.
+   */
+  refresh(userId: string, entry: ShardEntry): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const waiters = this.refreshes.get(userId) ?? [];
+      waiters.push({ entry, resolve, reject });
+      this.refreshes.set(userId, waiters);
+      if (!this.refreshScheduled) {
+        this.refreshScheduled = true;
+        this.chain = this.chain.then(() => this.refreshPass()).catch(() => undefined);
+      }
+    });
+  }
+
+  private async refreshPass(): Promise<void> {
+    this.refreshScheduled = false;
+    const queued = this.refreshes;
+    this.refreshes = new Map();
+    const { shard, scripts, clock } = this.options;
+    const items: InFlight[] = [];
+    for (const [userId, waiters] of queued) {
+      const entry = waiters[0]!.entry;
+      // Zero deltas for the current windows carry the full counts, so Redis reports its totals.
+      addPending(entry, 'm', entry.minuteStart, entry.limits.minuteMs, 0);
+      addPending(entry, 'h', entry.hourStart, entry.limits.hourMs, 0);
+      addPending(entry, 'd', entry.dayStart, entry.limits.dayMs, 0);
+      shard.dirty.delete(userId);
+      items.push({ userId, entry, flush: this.toFlush(userId, entry) });
+    }
+    for (let i = 0; i < items.length; i += this.options.usersPerCall) {
+      const chunk = items.slice(i, i + this.options.usersPerCall);
+      try {
+        const surprises = await scripts.reconcile(chunk.map((item) => item.flush));
+        const now = clock();
+        chunk.forEach((item, j) => {
+          this.adopt(item, surprises.get(j), now);
+          for (const w of queued.get(item.userId)!) w.resolve();
+        });
+      } catch (err) {
+        for (const item of chunk) {
+          this.restore(item);
+          for (const w of queued.get(item.userId)!) w.reject(err);
+        }
+      }
     }
   }
 

@@ -1,0 +1,79 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../observability/logger.js';
+import { CHANNEL_OPTIONS, SECRET_HEADER, peerService, type PeerDecideRequest, type PeerDecideResult, type PeerHealthResponse } from './peer-protocol.js';
+
+/** What a worker does with the calls its peers make. */
+export interface PeerHandler {
+  decideBatch(from: string, requests: PeerDecideRequest[]): Promise<PeerDecideResult[]>;
+  health(from: string, youWereSuspected: boolean): PeerHealthResponse;
+}
+
+export interface PeerServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/** True when the call carries the cluster secret (compared in constant time). */
+function authorized(metadata: grpc.Metadata, expected: Buffer): boolean {
+  const given = metadata.get(SECRET_HEADER)[0];
+  return typeof given === 'string' && timingSafeEqual(digest(given), expected);
+}
+
+/**
+ * A worker's peer gRPC server. Binds `host:port`; with `fallbackToFreePort` a taken port
+ * is replaced by one the OS picks (the registry advertises the real one).
+ */
+export async function startPeerServer(options: {
+  host: string;
+  port: number;
+  fallbackToFreePort: boolean;
+  secret: string;
+  handler: PeerHandler;
+  logger: Logger;
+}): Promise<PeerServer> {
+  const expected = digest(options.secret);
+  const server = new grpc.Server({ ...CHANNEL_OPTIONS, 'grpc.max_concurrent_streams': 1000 });
+  const unauthenticated = { code: grpc.status.UNAUTHENTICATED, details: 'missing or wrong cluster secret' };
+  server.addService(peerService().service, {
+    Decide: (call: grpc.ServerUnaryCall<{ from: string; requests: PeerDecideRequest[] }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      if (!authorized(call.metadata, expected)) return callback(unauthenticated);
+      options.handler.decideBatch(call.request.from, call.request.requests).then(
+        (results) => callback(null, { results }),
+        (err: Error) => {
+          options.logger.error({ err }, 'peer decide batch failed');
+          callback({ code: grpc.status.INTERNAL, details: err.message });
+        },
+      );
+    },
+    Health: (call: grpc.ServerUnaryCall<{ from: string; you_were_suspected: boolean }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      if (!authorized(call.metadata, expected)) return callback(unauthenticated);
+      callback(null, options.handler.health(call.request.from, call.request.you_were_suspected));
+    },
+  });
+  const bind = (port: number) =>
+    new Promise<number>((resolve, reject) =>
+      server.bindAsync(`${options.host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound))),
+    );
+  let port: number;
+  try {
+    port = await bind(options.port);
+  } catch (err) {
+    if (!options.fallbackToFreePort) throw err;
+    options.logger.warn({ port: options.port, err: (err as Error).message }, 'peer port taken; using one the OS picks');
+    port = await bind(0);
+  }
+  return {
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(() => server.forceShutdown(), 2000);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      }),
+  };
+}

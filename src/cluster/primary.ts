@@ -1,0 +1,94 @@
+import cluster, { type Worker } from 'node:cluster';
+import { randomBytes } from 'node:crypto';
+import { AggregatorRegistry } from 'prom-client';
+import type { Config } from '../config/types.js';
+import type { Logger } from '../observability/logger.js';
+
+/** IPC between the primary and its workers. */
+export type PrimaryMessage =
+  | { type: 'rl:shutdown' }
+  | { type: 'rl:metrics-response'; id: number; body: string; contentType: string; error?: string };
+export type WorkerMessage = { type: 'rl:metrics-request'; id: number } | { type: 'rl:ready'; index: number };
+
+export const WORKER_INDEX_ENV = 'RATE_LIMITING_WORKER_INDEX';
+export const LOCAL_SECRET_ENV = 'RATE_LIMITING_LOCAL_SECRET';
+
+const RESTART_MIN_MS = 100;
+const RESTART_MAX_MS = 5000;
+/** A worker that ran this long before crashing restarts without backoff. */
+const STABLE_MS = 30_000;
+const SHUTDOWN_WAIT_MS = 25_000;
+
+/**
+ * The node primary: forks `workers` workers that all serve the API port (node:cluster
+ * hands connections out round-robin), restarts a crashed worker with backoff, serves
+ * node-wide metrics to any worker that is asked for /metrics, and on SIGTERM asks every
+ * worker to drain (flush to Redis, leave the ring) before exiting.
+ */
+export async function runPrimary(config: Config, logger: Logger): Promise<void> {
+  const log = logger.child({ component: 'primary' });
+  const aggregator = new AggregatorRegistry();
+  const localSecret = randomBytes(24).toString('hex');
+  const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number }>();
+  let stopping = false;
+
+  const fork = (index: number, backoff = RESTART_MIN_MS): void => {
+    const worker = cluster.fork({ [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret });
+    byIndex.set(index, { worker, startedAt: Date.now(), backoff });
+    worker.on('message', (message: WorkerMessage) => {
+      if (message?.type !== 'rl:metrics-request') return;
+      aggregator.clusterMetrics().then(
+        (body) => worker.send({ type: 'rl:metrics-response', id: message.id, body, contentType: aggregator.contentType } satisfies PrimaryMessage),
+        (err: Error) => worker.send({ type: 'rl:metrics-response', id: message.id, body: '', contentType: 'text/plain', error: err.message } satisfies PrimaryMessage),
+      );
+    });
+    worker.on('exit', (code, signal) => {
+      if (byIndex.get(index)?.worker !== worker) return;
+      if (stopping) {
+        byIndex.delete(index);
+        return;
+      }
+      const slot = byIndex.get(index)!;
+      const stable = Date.now() - slot.startedAt > STABLE_MS;
+      const delay = stable ? RESTART_MIN_MS : slot.backoff;
+      log.error({ worker: index, pid: worker.process.pid, code, signal, restart_in_ms: delay }, 'worker exited; restarting it');
+      setTimeout(() => {
+        if (!stopping) fork(index, stable ? RESTART_MIN_MS : Math.min(slot.backoff * 2, RESTART_MAX_MS));
+      }, delay);
+    });
+  };
+
+  for (let i = 0; i < config.service.workers; i++) fork(i);
+  const durable = config.redis.endpoint !== '';
+  log.info(
+    { workers: config.service.workers, pid: process.pid, port: config.service.port, mode: config.limiter.mode, redis: durable ? config.redis.endpoint : null },
+    durable
+      ? `node primary started; counters are written behind to Redis every ${config.redis.sync_interval_ms} ms`
+      : 'node primary started; durability OFF: no REDIS_ENDPOINT configured, counters live in memory only and are lost on restart',
+  );
+
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'draining workers');
+    const exits = [...byIndex.values()].map(
+      ({ worker }) =>
+        new Promise<void>((resolve) => {
+          if (worker.isDead()) return resolve();
+          worker.once('exit', () => resolve());
+          worker.send({ type: 'rl:shutdown' } satisfies PrimaryMessage);
+        }),
+    );
+    const timeout = setTimeout(() => {
+      log.error('workers did not drain in time; killing them');
+      for (const { worker } of byIndex.values()) worker.process.kill('SIGKILL');
+    }, SHUTDOWN_WAIT_MS);
+    void Promise.all(exits).then(() => {
+      clearTimeout(timeout);
+      log.info('all workers drained');
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}

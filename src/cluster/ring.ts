@@ -1,0 +1,52 @@
+import HashRing from 'hashring';
+
+/** A member of the ring: one worker of one node, reachable at its peer address. */
+export interface Member {
+  /** `<nodeId>/<workerIndex>` */
+  id: string;
+  nodeId: string;
+  /** host:port of its peer gRPC server. */
+  address: string;
+}
+
+export interface RingOptions {
+  /** Virtual nodes per member (each placed `replicas` = 4 times by ketama): more = more even. */
+  vnodes: number;
+  /** Keys whose owner is remembered without rehashing. */
+  cacheSize: number;
+}
+
+export const DEFAULT_RING_OPTIONS: RingOptions = { vnodes: 160, cacheSize: 200_000 };
+
+/**
+ * Consistent hashing of user ids onto the members (ketama, md5, `vnodes` × 4 points per
+ * member). Rebuilt, not mutated, when membership changes, so a decision reads one ring.
+ */
+export class Ring {
+  private readonly ring: HashRing;
+  private readonly byId: ReadonlyMap<string, Member>;
+  readonly members: readonly Member[];
+
+  constructor(members: Member[], options: RingOptions = DEFAULT_RING_OPTIONS) {
+    if (members.length === 0) throw new Error('a ring needs at least one member');
+    this.members = [...members].sort((a, b) => a.id.localeCompare(b.id));
+    this.byId = new Map(this.members.map((m) => [m.id, m]));
+    const servers: Record<string, { vnodes: number }> = {};
+    for (const m of this.members) servers[m.id] = { vnodes: options.vnodes };
+    this.ring = new HashRing(servers, 'md5', { 'max cache size': options.cacheSize });
+  }
+
+  /** The member that owns `userId`. */
+  ownerOf(userId: string): Member {
+    return this.byId.get(this.ring.get(userId))!;
+  }
+
+  has(memberId: string): boolean {
+    return this.byId.has(memberId);
+  }
+
+  /** Same members at the same addresses. */
+  sameAs(other: Ring): boolean {
+    return other.members.length === this.members.length && other.members.every((m) => this.byId.get(m.id)?.address === m.address);
+  }
+}
