@@ -23,6 +23,7 @@ async function main(): Promise<void> {
         connections: option(args, 'connections', 50),
         rounds: option(args, 'rounds', 3),
         users: option(args, 'users', 10_000),
+        ...(args.includes('--only') ? { only: args[args.indexOf('--only') + 1]! } : {}),
       });
       process.exitCode = ok ? 0 : 1;
       return;

@@ -1,5 +1,5 @@
 import { pickGenerator, runLoad, type LoadResult } from './lib/load.js';
-import { scrapeMetric, startHello, startOurNode, startRedis, type RedisProcess, type Target } from './lib/processes.js';
+import { scrapeMetric, startHello, startOurNode, startRedis, sumSamples, type RedisProcess, type Target } from './lib/processes.js';
 import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
 
 export interface ThroughputOptions {
@@ -8,6 +8,8 @@ export interface ThroughputOptions {
   connections: number;
   rounds: number;
   users: number;
+  /** Only targets whose name contains this (plus what they are compared with). */
+  only?: string;
 }
 
 interface TargetSpec {
@@ -19,18 +21,46 @@ interface TargetSpec {
   bar?: number;
   /** Sampled every 250 ms while the target is under load (e.g. the sync lag). */
   probe?: { label: string; read(target: Target): Promise<number> };
+  /** Read once after the last round, printed under the table. */
+  report?: (target: Target) => Promise<string>;
 }
 
 const CEILING = 'fastify hello-world, 1 process';
+const CEILING_2 = 'fastify hello-world, 2 workers';
 const LOCAL = 'check, local mode, no Redis';
 const LOCAL_REDIS = 'check, local mode + Redis write-behind';
 const REDIS_MODE = 'check, redis mode (Redis per decision)';
+const NODE_2 = 'check, one node of 2 workers (ring of 2)';
+
+/** Forwarded share and batch sizes of a node, from its aggregated /metrics. */
+async function forwardingReport(target: Target): Promise<string> {
+  const text = await (await fetch(`${target.url}/metrics`)).text();
+  const local = sumSamples(text, 'rate_limiting_decisions_total', 'path="local"');
+  const forwarded = sumSamples(text, 'rate_limiting_decisions_total', 'path="forwarded"');
+  const buckets = [...text.matchAll(/^rate_limiting_forward_batch_size_bucket\{le="([^"]+)"\} (\d+)/gm)].map((m) => [m[1]!, Number(m[2])] as const);
+  let previous = 0;
+  const distribution = buckets
+    .map(([le, cumulative]) => {
+      const share = cumulative - previous;
+      previous = cumulative;
+      return share > 0 ? `≤${le}: ${share}` : '';
+    })
+    .filter(Boolean)
+    .join(', ');
+  const batches = Number(/^rate_limiting_forward_batch_size_count (\d+)/m.exec(text)?.[1] ?? 0);
+  const total = local + forwarded;
+  return (
+    `${NODE_2}: ${total} decisions, ${((100 * forwarded) / Math.max(1, total)).toFixed(1)} % forwarded to the sibling worker ` +
+    `in ${batches} batches (mean ${(forwarded / Math.max(1, batches)).toFixed(1)} checks); batch sizes ${distribution}`
+  );
+}
 
 /** The targets of one run; the first is the ceiling. */
 function targets(redis: RedisProcess): TargetSpec[] {
   const node = (name: string, env: Record<string, string> = {}) => () => startOurNode(name, { RATE_LIMITING_WORKERS: '1', ...env });
   return [
-    { name: CEILING, start: startHello },
+    { name: CEILING, start: () => startHello(1) },
+    { name: CEILING_2, start: () => startHello(2) },
     { name: LOCAL, start: node(LOCAL), bar: 0.85 },
     {
       name: LOCAL_REDIS,
@@ -40,6 +70,7 @@ function targets(redis: RedisProcess): TargetSpec[] {
       probe: { label: 'sync lag ms (max)', read: async (t) => 1000 * (await scrapeMetric(t, 'rate_limiting_sync_lag_seconds')) },
     },
     { name: REDIS_MODE, start: node(REDIS_MODE, { REDIS_ENDPOINT: redis.endpoint, REDIS_DATABASE: '1', RATE_LIMITING_MODE: 'redis' }), versus: LOCAL },
+    { name: NODE_2, start: node(NODE_2, { RATE_LIMITING_WORKERS: '2', ...(process.env.BENCH_NODE_ENV ? JSON.parse(process.env.BENCH_NODE_ENV) : {}) }), versus: CEILING_2, bar: 0.7, report: forwardingReport },
   ];
 }
 
@@ -52,10 +83,14 @@ function targets(redis: RedisProcess): TargetSpec[] {
 export async function throughput(options: ThroughputOptions): Promise<boolean> {
   const generator = pickGenerator();
   const redis = await startRedis();
-  const specs = targets(redis);
+  const all = targets(redis);
+  const wanted = all.filter((t) => options.only === undefined || t.name.includes(options.only));
+  const needed = new Set([CEILING, ...wanted.map((t) => t.name), ...wanted.map((t) => t.versus ?? CEILING)]);
+  const specs = all.filter((t) => needed.has(t.name));
   const started: Array<{ name: string; target: Target }> = [];
   const runs = new Map<string, LoadResult[]>();
   const probes = new Map<string, number[]>();
+  const notes: string[] = [];
   try {
     for (const spec of specs) started.push({ name: spec.name, target: await spec.start() });
     const load = (target: Target, seconds: number) =>
@@ -74,6 +109,10 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
         line.push(`${name}: ${Math.round(result.requestsPerSecond)}`);
       }
       console.log(`round ${round}/${options.rounds}  ${line.join('  |  ')}`);
+    }
+    for (const [index, { target }] of started.entries()) {
+      const report = specs[index]!.report;
+      if (report) notes.push(await report(target));
     }
   } finally {
     await Promise.all(started.map(({ target }) => target.stop()));
@@ -98,7 +137,7 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     };
   });
   const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}`;
-  console.log(`\n${table(rows)}\n`);
+  console.log(`\n${table(rows)}\n${notes.join('\n')}\n`);
   const markdown = [
     '# Throughput',
     '',
@@ -111,6 +150,8 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     `Date: ${new Date().toISOString()}`,
     '',
     markdownTable(rows),
+    '',
+    ...notes.map((n) => `- ${n}`),
     '',
   ].join('\n');
   console.log(`report: ${writeResult('throughput', markdown, { options, generator, rows })}`);

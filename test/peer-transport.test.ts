@@ -80,7 +80,7 @@ describe('peer transport (gRPC, batched)', () => {
     const slow = await server((requests) => new Promise((r) => setTimeout(() => r(requests.map(result)), 1000)));
     const c3 = client(slow.port, { deadlineMs: 100 });
     const started = Date.now();
-    await expect(c3.decide({ user_id: 'a', tier: '', cost: 1 })).rejects.toThrow(/DEADLINE_EXCEEDED|Deadline/i);
+    await expect(c3.decide({ user_id: 'a', tier: '', cost: 1 })).rejects.toThrow(/deadline/i);
     expect(Date.now() - started).toBeLessThan(900);
   });
 

@@ -71,9 +71,9 @@ export async function spawnServer(options: {
 }
 
 /** The bare Fastify hello-world POST: the ceiling. */
-export async function startHello(): Promise<Target> {
+export async function startHello(workers = 1): Promise<Target> {
   const port = await freePort();
-  return spawnServer({ name: 'fastify hello-world', script: 'bench/servers/hello.js', args: [String(port)], port, readyPath: '/', path: '/hello' });
+  return spawnServer({ name: 'fastify hello-world', script: 'bench/servers/hello.js', args: [String(port), String(workers)], port, readyPath: '/', path: '/hello' });
 }
 
 /** One node of ours (`npm start`), on a free port, with extra environment. */
@@ -129,4 +129,13 @@ export async function scrapeMetric(target: Target, name: string): Promise<number
   const text = await (await fetch(`${target.url}/metrics`)).text();
   const match = new RegExp(`^${name} ([0-9.eE+-]+)$`, 'm').exec(text);
   return match ? Number(match[1]) : NaN;
+}
+
+/** Sum of every sample of `name` whose labels contain `labelMatch`. */
+export function sumSamples(text: string, name: string, labelMatch = ''): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name}{`) && line.includes(labelMatch)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
 }

@@ -7,6 +7,13 @@ interface Waiter {
   reject(err: Error): void;
 }
 
+interface InFlight {
+  waiters: Waiter[];
+  timer: NodeJS.Timeout;
+}
+
+type DecideStream = grpc.ClientDuplexStream<unknown, { id: number; results: PeerDecideResult[] }>;
+
 export interface PeerClientOptions {
   /** The peer's member id and address. */
   memberId: string;
@@ -14,7 +21,7 @@ export interface PeerClientOptions {
   /** This worker's member id (sent as `from`). */
   selfId: string;
   secret: string;
-  /** Deadline of one batch RPC; below the decision timeout so a fallback still fits. */
+  /** How long a batch may wait for its answer; below the decision timeout so a fallback still fits. */
   deadlineMs: number;
   /** Most checks in one batch. */
   batchLimit: number;
@@ -25,19 +32,24 @@ export interface PeerClientOptions {
 }
 
 /**
- * One channel to one peer. Checks are queued and sent as one `Decide` batch when the
- * batch is full or when a short timer armed by the first item fires (Gubernator's
- * peer_client.go); every waiter fails with the batch on an error or a wrong-length answer.
+ * One channel to one peer. Checks are queued and sent as one batch when the batch is
+ * full or when a short timer armed by the first item fires (Gubernator's
+ * peer_client.go). Batches travel over one long-lived bidirectional stream, matched to
+ * their answers by id; every waiter of a batch fails together on an error, a missed
+ * deadline or a wrong-length answer, and a failed stream is replaced by the next batch.
  */
 export class PeerClient {
   private readonly client: grpc.Client & {
-    Decide(req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: { results: PeerDecideResult[] }) => void): void;
+    Decide(md: grpc.Metadata): DecideStream;
     Health(req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: PeerHealthResponse) => void): void;
   };
   private readonly metadata = new grpc.Metadata();
   private queue: Waiter[] = [];
   private armed = false;
   private closed = false;
+  private stream: DecideStream | null = null;
+  private readonly inFlight = new Map<number, InFlight>();
+  private nextId = 1;
 
   constructor(private readonly options: PeerClientOptions) {
     const Service = peerService();
@@ -62,31 +74,70 @@ export class PeerClient {
     });
   }
 
+  private openStream(): DecideStream {
+    const stream = this.client.Decide(this.metadata);
+    stream.on('data', (answer: { id: number; results: PeerDecideResult[] }) => this.answered(answer.id, answer.results));
+    const fail = (err: Error): void => {
+      if (this.stream === stream) this.stream = null;
+      this.failAll(err);
+    };
+    stream.on('error', (err: Error) => fail(err));
+    stream.on('end', () => fail(new Error(`peer ${this.options.memberId} closed the stream`)));
+    return stream;
+  }
+
   private flush(): void {
     this.armed = false;
-    const batch = this.queue;
-    if (batch.length === 0) return;
+    const waiters = this.queue;
+    if (waiters.length === 0) return;
     this.queue = [];
-    this.options.onBatch?.(batch.length);
-    const deadline = Date.now() + this.options.deadlineMs;
-    this.client.Decide(
-      { from: this.options.selfId, requests: batch.map((w) => w.request) },
-      this.metadata,
-      { deadline },
-      (err, response) => {
-        const results = response?.results;
-        if (err || !results || results.length !== batch.length) {
-          const error = err ?? new Error(`peer ${this.options.memberId} answered ${results?.length ?? 0} results for ${batch.length} checks`);
-          for (const w of batch) w.reject(error);
-          return;
-        }
-        batch.forEach((w, i) => {
-          const result = results[i]!;
-          if (result.error) w.reject(new Error(`peer ${this.options.memberId}: ${result.error}`));
-          else w.resolve(result);
-        });
-      },
-    );
+    this.options.onBatch?.(waiters.length);
+    const id = this.nextId++;
+    const timer = setTimeout(() => {
+      // NOTE: a stream that misses a deadline may be stuck (a stopped peer); answers to
+      // other batches on it would be late too, so the whole stream is given up.
+      this.fail(id, new Error(`peer ${this.options.memberId}: deadline of ${this.options.deadlineMs} ms exceeded`));
+      this.resetStream();
+    }, this.options.deadlineMs);
+    this.inFlight.set(id, { waiters, timer });
+    this.stream ??= this.openStream();
+    this.stream.write({ id, from: this.options.selfId, requests: waiters.map((w) => w.request) });
+  }
+
+  private answered(id: number, results: PeerDecideResult[]): void {
+    const batch = this.inFlight.get(id);
+    if (batch === undefined) return;
+    this.inFlight.delete(id);
+    clearTimeout(batch.timer);
+    if (results.length !== batch.waiters.length) {
+      const err = new Error(`peer ${this.options.memberId} answered ${results.length} results for ${batch.waiters.length} checks`);
+      for (const w of batch.waiters) w.reject(err);
+      return;
+    }
+    batch.waiters.forEach((w, i) => {
+      const result = results[i]!;
+      if (result.error) w.reject(new Error(`peer ${this.options.memberId}: ${result.error}`));
+      else w.resolve(result);
+    });
+  }
+
+  private fail(id: number, err: Error): void {
+    const batch = this.inFlight.get(id);
+    if (batch === undefined) return;
+    this.inFlight.delete(id);
+    clearTimeout(batch.timer);
+    for (const w of batch.waiters) w.reject(err);
+  }
+
+  private failAll(err: Error): void {
+    for (const id of [...this.inFlight.keys()]) this.fail(id, err);
+  }
+
+  private resetStream(): void {
+    const stream = this.stream;
+    this.stream = null;
+    stream?.cancel();
+    this.failAll(new Error(`peer ${this.options.memberId}: stream reset`));
   }
 
   health(youWereSuspected: boolean, deadlineMs: number): Promise<PeerHealthResponse> {
@@ -97,12 +148,13 @@ export class PeerClient {
     );
   }
 
-  /** Fails what is queued and closes the channel. */
+  /** Fails what is queued or in flight and closes the channel. */
   close(): void {
     this.closed = true;
     const pending = this.queue;
     this.queue = [];
     for (const w of pending) w.reject(new Error(`peer ${this.options.memberId} client closed`));
+    this.resetStream();
     this.client.close();
   }
 }

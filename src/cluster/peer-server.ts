@@ -38,15 +38,22 @@ export async function startPeerServer(options: {
   const server = new grpc.Server({ ...CHANNEL_OPTIONS, 'grpc.max_concurrent_streams': 1000 });
   const unauthenticated = { code: grpc.status.UNAUTHENTICATED, details: 'missing or wrong cluster secret' };
   server.addService(peerService().service, {
-    Decide: (call: grpc.ServerUnaryCall<{ from: string; requests: PeerDecideRequest[] }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      if (!authorized(call.metadata, expected)) return callback(unauthenticated);
-      options.handler.decideBatch(call.request.from, call.request.requests).then(
-        (results) => callback(null, { results }),
-        (err: Error) => {
-          options.logger.error({ err }, 'peer decide batch failed');
-          callback({ code: grpc.status.INTERNAL, details: err.message });
-        },
-      );
+    Decide: (call: grpc.ServerDuplexStream<{ id: number; from: string; requests: PeerDecideRequest[] }, unknown>) => {
+      if (!authorized(call.metadata, expected)) {
+        call.emit('error', unauthenticated);
+        return;
+      }
+      call.on('data', (batch: { id: number; from: string; requests: PeerDecideRequest[] }) => {
+        options.handler.decideBatch(batch.from, batch.requests).then(
+          (results) => call.write({ id: batch.id, results }),
+          (err: Error) => {
+            options.logger.error({ err }, 'peer decide batch failed');
+            call.write({ id: batch.id, results: batch.requests.map(() => ({ error: err.message })) });
+          },
+        );
+      });
+      call.on('end', () => call.end());
+      call.on('error', () => undefined);
     },
     Health: (call: grpc.ServerUnaryCall<{ from: string; you_were_suspected: boolean }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       if (!authorized(call.metadata, expected)) return callback(unauthenticated);
