@@ -7,6 +7,9 @@
  *   npm run cluster -- --nodes 3 [--base-port 9100] [--gateway-port 9098] [--no-gateway]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startGateway, type Gateway } from './gateway.js';
 
@@ -47,8 +50,19 @@ async function main(): Promise<void> {
     redisEndpoint = `127.0.0.1:${port}`;
     console.log(`redis: started redis-server on ${redisEndpoint}`);
   }
-  // postgres: SQL_DATABASE_ENDPOINT when set; without it each node uses its embedded default.
-  const sqlEndpoint = process.env.SQL_DATABASE_ENDPOINT ?? '';
+  // postgres: SQL_DATABASE_ENDPOINT when set; else one PGlite served to every node.
+  let sqlEndpoint = process.env.SQL_DATABASE_ENDPOINT ?? '';
+  if (sqlEndpoint === '') {
+    const socketDir = mkdtempSync(join(tmpdir(), 'rl-cluster-db-'));
+    children.push(spawn(process.execPath, ['dist/scripts/pglite-server.js', socketDir, process.env.PGLITE_DATA_DIR ?? 'memory'], { cwd: root, stdio: 'inherit' }));
+    const deadline = Date.now() + 60_000;
+    while (!existsSync(join(socketDir, '.s.PGSQL.5432'))) {
+      if (Date.now() > deadline) throw new Error('the PGlite server did not start');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    sqlEndpoint = `${socketDir}:5432`;
+    console.log(`postgres: a PGlite served on ${socketDir} (set SQL_DATABASE_ENDPOINT to use PostgreSQL)`);
+  }
 
   const urls: string[] = [];
   for (let i = 0; i < nodes; i++) {

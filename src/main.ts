@@ -3,7 +3,8 @@ import { AggregatorRegistry } from 'prom-client';
 import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
 import { LOCAL_SECRET_ENV, WORKER_INDEX_ENV, runPrimary, type PrimaryMessage, type WorkerMessage } from './cluster/primary.js';
 import { createLogger, type Logger } from './observability/logger.js';
-import { startWorker, type RunningWorker } from './worker.js';
+import { nodeIdOf, startWorker, type RunningWorker } from './worker.js';
+import { openWorkerDatabase } from './storage/db/node-database.js';
 
 /**
  * Process entry (`npm start`). The primary validates the configuration and forks the
@@ -78,6 +79,7 @@ async function runWorker({ config }: LoadedConfig, logger: Logger): Promise<void
     cluster: true,
     ...(process.env[LOCAL_SECRET_ENV] !== undefined ? { localSecret: process.env[LOCAL_SECRET_ENV] } : {}),
     metricsText,
+    database: openWorkerDatabase(config, logger),
   });
   // Constructing one registers prom-client's answer to the primary's requests in this worker.
   new AggregatorRegistry();
@@ -89,7 +91,7 @@ async function main(): Promise<void> {
   const logger = createLogger(loaded.config.performance.log_level);
   if (cluster.isPrimary) {
     logger.info({ config_file: loaded.file ?? '(none: built-in defaults and environment)' }, 'configuration loaded');
-    await runPrimary(loaded.config, logger);
+    await runPrimary(loaded.config, logger, nodeIdOf(loaded.config));
   } else {
     await runWorker(loaded, logger);
   }

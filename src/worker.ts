@@ -12,6 +12,14 @@ import { DecisionSli } from './observability/sli.js';
 import { RedisConnection, type RedisSettings } from './storage/redis/connection.js';
 import { Reconciler } from './storage/redis/reconciler.js';
 import { RedisScripts } from './storage/redis/scripts.js';
+import type { Database } from './storage/db/database.js';
+import { ApiKeysRepository } from './accounts/api-keys-repository.js';
+import { UsersRepository } from './accounts/users-repository.js';
+import { KeyResolver } from './accounts/key-cache.js';
+import { UserDirectory } from './accounts/user-directory.js';
+import { UserLimits } from './accounts/user-limits.js';
+import { InProcessInvalidationBus, type InvalidationBus } from './accounts/invalidation.js';
+import { IpcInvalidationBus, RedisInvalidationBus } from './accounts/invalidation-transports.js';
 
 export interface BuiltNode {
   app: FastifyInstance;
@@ -40,6 +48,11 @@ export interface NodeOptions {
   localSecret?: string;
   /** Metrics text for /metrics; default: this process's own registry. */
   metricsText?: () => Promise<{ body: string; contentType: string }>;
+  /**
+   * The account database (users, API keys, admin API); the node closes it at shutdown.
+   * Null runs without accounts: every user is unknown (tests only).
+   */
+  database?: Database | null;
 }
 
 export function nodeIdOf(config: Config): string {
@@ -133,8 +146,30 @@ export async function buildNode(
     metrics.redisUp.set(0);
   }
 
+  // Accounts: who a user is (stored tier and overrides, disabled) and which API keys are good.
+  const database = options.database ?? null;
+  let accounts: { db: Database; keys: KeyResolver; directory: UserDirectory; invalidation: InvalidationBus } | null = null;
+  if (database !== null) {
+    let invalidation: InvalidationBus;
+    if (redis !== null) {
+      const bus = new RedisInvalidationBus(redis.connection);
+      await bus.start();
+      invalidation = bus;
+    } else {
+      invalidation = options.cluster ? new IpcInvalidationBus() : new InProcessInvalidationBus();
+    }
+    const accountsLogger = workerLogger.child({ component: 'accounts' });
+    const keys = new KeyResolver({ store: new ApiKeysRepository(database, clock), clock, logger: accountsLogger });
+    const directory = new UserDirectory({ store: new UsersRepository(database, clock), clock, logger: accountsLogger });
+    keys.listen(invalidation);
+    directory.listen(invalidation);
+    keys.startFlushing(5000);
+    accounts = { db: database, keys, directory, invalidation };
+  }
+  const users = new UserLimits(config, tiers, accounts?.directory ?? null);
+
   const decider = new Decider({
-    shard, tiers, metrics, sli, clock, mode, redis, reconciler, cluster: null, fallback: config.limiter.fallback_policy, fallbackShard,
+    shard, users, metrics, sli, clock, mode, redis, reconciler, cluster: null, fallback: config.limiter.fallback_policy, fallbackShard,
   });
 
   metrics.shardSize = () => shard.size;
@@ -177,6 +212,8 @@ export async function buildNode(
     config,
     decider,
     tiers,
+    users,
+    accounts,
     metrics,
     logger: workerLogger,
     clock,
@@ -248,6 +285,8 @@ export async function buildNode(
         const flushed = await reconciler.flushAll(SHUTDOWN_FLUSH_MS);
         if (!flushed) workerLogger.error({ pending_users: shard.dirty.size }, 'shutdown: some changes could not be written to redis');
       }
+      await accounts?.keys.stop();
+      await database?.close();
       await redis?.connection.close();
     },
   };

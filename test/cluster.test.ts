@@ -5,6 +5,7 @@ import { startNodeProcess, type NodeProcess } from './helpers/node-process.js';
 import { freePort } from './helpers/ports.js';
 import { RedisServer } from './helpers/redis-server.js';
 import { admissionsByUser, exactAdmissions, traffic, type Observed } from './helpers/traffic.js';
+import { throwawayPostgresEnv } from './helpers/databases.js';
 
 /**
  * Real clusters: nodes of a primary and two workers each, started as `npm start` does,
@@ -25,13 +26,17 @@ const CLUSTER_ENV = {
 const LIMITS = resolveLimits(loadConfig(CLUSTER_ENV, '/nonexistent').config, 'basic');
 
 let redis: RedisServer;
+let database: Awaited<ReturnType<typeof throwawayPostgresEnv>>;
 const nodes: NodeProcess[] = [];
 
 beforeAll(async () => {
   redis = await RedisServer.start();
+  // The nodes of a cluster share one account database.
+  database = await throwawayPostgresEnv();
 });
 afterAll(async () => {
   await redis.stop();
+  await database.dispose();
 });
 afterEach(async () => {
   await Promise.all(nodes.splice(0).map((n) => n.kill()));
@@ -43,7 +48,7 @@ afterEach(async () => {
 async function startNode(name: string, extra: Record<string, string> = {}): Promise<NodeProcess> {
   // API ports far enough apart that each node's derived peer ports are its own.
   const port = await freePort();
-  const node = await startNodeProcess({ ...CLUSTER_ENV, REDIS_ENDPOINT: redis.endpoint, NODE_ID: name, RATE_LIMITING_API_PORT: String(port), ...extra });
+  const node = await startNodeProcess({ ...CLUSTER_ENV, ...database.env, REDIS_ENDPOINT: redis.endpoint, NODE_ID: name, RATE_LIMITING_API_PORT: String(port), ...extra });
   nodes.push(node);
   return node;
 }

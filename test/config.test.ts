@@ -76,7 +76,7 @@ describe('configuration', () => {
     expect(config.rate_limits.enterprise).toMatchObject({ requests_per_minute: 1001, requests_per_hour: 20001, requests_per_day: 200001 });
     expect(config.redis).toMatchObject({ endpoint: '127.0.0.1:6390', database: 3, password: 'pw', connection_pool_size: 4, connection_timeout: 2 });
     expect(config.quota_management).toEqual({ enabled: false, overage_handling: 'throttle', reset_interval: 3600, grace_period: 0 });
-    expect(config.api_key_management).toEqual({ enabled: false, generation_enabled: false, validation_enabled: false, rotation_enabled: false });
+    expect(config.api_key_management).toMatchObject({ enabled: false, generation_enabled: false, validation_enabled: false, rotation_enabled: false });
     expect(config.usage_analytics).toEqual({ enabled: false, pattern_analysis_enabled: false, reporting_enabled: false, retention_days: 30 });
     expect(config.monitoring).toMatchObject({
       api_gateway_endpoint: 'http://127.0.0.1:8000', sql_database_endpoint: '127.0.0.1:5432', redis_endpoint: '127.0.0.1:6390',

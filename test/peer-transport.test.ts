@@ -32,6 +32,7 @@ async function server(decide: (requests: PeerDecideRequest[]) => Promise<PeerDec
         return decide(requests);
       },
       health: () => ({ member: 'n/0', status: 'serving', epoch: 3 }),
+      resetQuota: async () => undefined,
     },
   });
   servers.push(s);

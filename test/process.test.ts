@@ -17,7 +17,7 @@ describe('the node process (npm start)', () => {
     const node = await start();
     let allowed = 0;
     for (let i = 0; i < 70; i++) {
-      const res = await postJson(`${node.url}/rate-limiting/check`, { user_id: 'fresh-basic-user', tier: 'basic', api_key: 'test_key' });
+      const res = await postJson(`${node.url}/rate-limiting/check`, { user_id: 'fresh-basic-user', tier: 'basic' });
       expect(res.status).toBe(200);
       if (res.body.allowed) allowed++;
     }

@@ -1,6 +1,7 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { postJson, startNodeProcess, type NodeProcess } from './helpers/node-process.js';
 import { RedisServer } from './helpers/redis-server.js';
+import { throwawayPostgresEnv } from './helpers/databases.js';
 
 const SYNC_MS = 100;
 /** Generous limits so that nearly every request is admitted and counted. */
@@ -16,6 +17,13 @@ const WIDE_LIMITS = {
 
 const started: NodeProcess[] = [];
 const servers: RedisServer[] = [];
+let database: Awaited<ReturnType<typeof throwawayPostgresEnv>>;
+beforeAll(async () => {
+  database = await throwawayPostgresEnv();
+});
+afterAll(async () => {
+  await database.dispose();
+});
 afterEach(async () => {
   await Promise.all(started.splice(0).map((n) => n.kill()));
   await Promise.all(servers.splice(0).map((s) => s.stop()));
@@ -28,7 +36,7 @@ async function startRedis(): Promise<RedisServer> {
 }
 
 async function startNode(env: Record<string, string>): Promise<NodeProcess> {
-  const node = await startNodeProcess({ ...WIDE_LIMITS, ...env });
+  const node = await startNodeProcess({ ...WIDE_LIMITS, ...database.env, ...env });
   started.push(node);
   return node;
 }

@@ -8,6 +8,13 @@ import { ApiError, type ErrorBody } from './errors.js';
 import { registerCheckRoutes } from './routes/check.js';
 import { registerHealthRoutes, type NodeStatus } from './routes/health.js';
 import { registerTestRoutes } from './routes/test-scenarios.js';
+import { registerAdminRoutes } from './routes/admin.js';
+import { registerKeyRoutes } from './routes/keys.js';
+import type { KeyResolver } from '../accounts/key-cache.js';
+import type { UserDirectory } from '../accounts/user-directory.js';
+import type { InvalidationBus } from '../accounts/invalidation.js';
+import type { Database } from '../storage/db/database.js';
+import type { UserLimits } from '../accounts/user-limits.js';
 
 export interface AppDeps {
   config: Config;
@@ -20,6 +27,15 @@ export interface AppDeps {
   /** The text /metrics serves (the whole node's, under a primary). */
   metricsText(): Promise<{ body: string; contentType: string }>;
   clock: () => number;
+  /** Which limits a user is held to (also for quota reads). */
+  users: UserLimits;
+  /** Users, API keys and the admin API; null runs without a database (tests only). */
+  accounts: {
+    db: Database;
+    keys: KeyResolver;
+    directory: UserDirectory;
+    invalidation: InvalidationBus;
+  } | null;
 }
 
 /** Body limit of every route but the batch check (which takes up to 1000 checks). */
@@ -35,13 +51,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app: FastifyInstance = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
+    // User ids are up to 256 characters, also in paths (/quota/:user_id, /admin/users/:user_id).
+    routerOptions: { maxParamLength: 1024 },
     return503OnClosing: true,
     ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: true, useDefaults: true } },
   });
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const body = toErrorBody(error);
-    if (body.statusCode >= 500) {
+    if (body.statusCode === 503 && error instanceof ApiError) {
+      // An intended answer (a backing service is away), not a failure: its message stands.
+      log.warn({ route: request.routeOptions.url, message: body.message }, 'service unavailable');
+    } else if (body.statusCode >= 500) {
       log.error({ err: error, route: request.routeOptions.url }, 'request failed');
       body.message = 'internal error';
     } else {
@@ -56,7 +77,30 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   registerHealthRoutes(app, deps);
   registerCheckRoutes(app, deps);
+  registerKeyRoutes(app, deps);
   registerTestRoutes(app, deps);
+  const { accounts, config } = deps;
+  if (accounts !== null) {
+    registerAdminRoutes(app, {
+      db: accounts.db,
+      invalidation: accounts.invalidation,
+      resetQuota: (userId) => deps.decider.resetQuota(userId),
+      clock: deps.clock,
+      logger: log,
+      config: {
+        adminToken: config.admin.token,
+        generationEnabled: config.api_key_management.enabled && config.api_key_management.generation_enabled,
+        rotationEnabled: config.api_key_management.enabled && config.api_key_management.rotation_enabled,
+        tiers: deps.tiers.names,
+        quotaWindowSeconds: config.quota_management.reset_interval,
+        rotationOverlapSeconds: config.api_key_management.rotation_overlap_seconds,
+      },
+    });
+  } else {
+    app.all('/admin/*', async () => {
+      throw new ApiError('SERVICE_UNAVAILABLE', 'this process runs without an account database');
+    });
+  }
   await app.ready();
   return app;
 }

@@ -9,7 +9,11 @@ export const API_ERRORS = {
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'send the body as application/json' },
   BODY_TOO_LARGE: { status: 413, message: 'the request body is too large' },
   NOT_FOUND: { status: 404, message: 'no such resource' },
+  UNAUTHORIZED: { status: 401, message: 'missing or invalid credentials' },
+  FORBIDDEN: { status: 403, message: 'this operation is not allowed' },
+  CONFLICT: { status: 409, message: 'the request conflicts with the current state' },
   INTERNAL: { status: 500, message: 'internal error' },
+  SERVICE_UNAVAILABLE: { status: 503, message: 'a backing service is unavailable; try again later' },
 } as const;
 
 export type ApiErrorCode = keyof typeof API_ERRORS;

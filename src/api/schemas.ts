@@ -18,7 +18,6 @@ export function userIdSchema() {
 export function checkItemSchema(tiers: string[], maxCost: number) {
   return {
     type: 'object',
-    required: ['user_id'],
     properties: {
       user_id: userIdSchema(),
       tier: { type: 'string', enum: tiers },

@@ -42,6 +42,7 @@ export class PeerClient {
   private readonly client: grpc.Client & {
     Decide(md: grpc.Metadata): DecideStream;
     Health(req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: PeerHealthResponse) => void): void;
+    ResetQuota(req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null) => void): void;
   };
   private readonly metadata = new grpc.Metadata();
   private queue: Waiter[] = [];
@@ -145,6 +146,13 @@ export class PeerClient {
       this.client.Health({ from: this.options.selfId, you_were_suspected: youWereSuspected }, this.metadata, { deadline: Date.now() + deadlineMs }, (err, res) =>
         err || !res ? reject(err ?? new Error('empty health answer')) : resolve(res),
       ),
+    );
+  }
+
+  /** Asks the peer, the user's owner, to reset the user's quota window. */
+  resetQuota(userId: string): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.client.ResetQuota({ user_id: userId }, this.metadata, { deadline: Date.now() + this.options.deadlineMs * 4 }, (err) => (err ? reject(err) : resolve())),
     );
   }
 

@@ -7,6 +7,7 @@ import { CHANNEL_OPTIONS, SECRET_HEADER, peerService, type PeerDecideRequest, ty
 export interface PeerHandler {
   decideBatch(from: string, requests: PeerDecideRequest[]): Promise<PeerDecideResult[]>;
   health(from: string, youWereSuspected: boolean): PeerHealthResponse;
+  resetQuota(userId: string): Promise<void>;
 }
 
 export interface PeerServer {
@@ -58,6 +59,13 @@ export async function startPeerServer(options: {
     Health: (call: grpc.ServerUnaryCall<{ from: string; you_were_suspected: boolean }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       if (!authorized(call.metadata, expected)) return callback(unauthenticated);
       callback(null, options.handler.health(call.request.from, call.request.you_were_suspected));
+    },
+    ResetQuota: (call: grpc.ServerUnaryCall<{ user_id: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      if (!authorized(call.metadata, expected)) return callback(unauthenticated);
+      options.handler.resetQuota(call.request.user_id).then(
+        () => callback(null, {}),
+        (err: Error) => callback({ code: grpc.status.UNAVAILABLE, details: err.message }),
+      );
     },
   });
   const bind = (port: number) =>

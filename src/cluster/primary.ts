@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
+import { PGLITE_SOCKET_ENV, startPrimaryDatabase } from '../storage/db/node-database.js';
+import { IPC_INVALIDATE } from '../accounts/invalidation-transports.js';
 
 /** IPC between the primary and its workers. */
 export type PrimaryMessage =
@@ -25,17 +27,29 @@ const SHUTDOWN_WAIT_MS = 25_000;
  * node-wide metrics to any worker that is asked for /metrics, and on SIGTERM asks every
  * worker to drain (flush to Redis, leave the ring) before exiting.
  */
-export async function runPrimary(config: Config, logger: Logger): Promise<void> {
+export async function runPrimary(config: Config, logger: Logger, nodeId: string): Promise<void> {
   const log = logger.child({ component: 'primary' });
+  const database = startPrimaryDatabase(config, nodeId, logger, (message) => {
+    log.fatal(message);
+    // The workers leave when the IPC channel closes.
+    process.exit(3);
+  });
   const aggregator = new AggregatorRegistry();
   const localSecret = randomBytes(24).toString('hex');
   const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number }>();
   let stopping = false;
 
   const fork = (index: number, backoff = RESTART_MIN_MS): void => {
-    const worker = cluster.fork({ [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret });
+    const env: Record<string, string> = { [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret };
+    if (database.socketDir !== null) env[PGLITE_SOCKET_ENV] = database.socketDir;
+    const worker = cluster.fork(env);
     byIndex.set(index, { worker, startedAt: Date.now(), backoff });
-    worker.on('message', (message: WorkerMessage) => {
+    worker.on('message', (message: WorkerMessage | { type: typeof IPC_INVALIDATE; event: unknown }) => {
+      if (message?.type === IPC_INVALIDATE) {
+        // Cache invalidation between this node's workers (without Redis): hand it to all.
+        for (const { worker: w } of byIndex.values()) if (w.isConnected()) w.send(message);
+        return;
+      }
       if (message?.type !== 'rl:metrics-request') return;
       aggregator.clusterMetrics().then(
         (body) => worker.send({ type: 'rl:metrics-response', id: message.id, body, contentType: aggregator.contentType } satisfies PrimaryMessage),
@@ -83,11 +97,13 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
       log.error('workers did not drain in time; killing them');
       for (const { worker } of byIndex.values()) worker.process.kill('SIGKILL');
     }, SHUTDOWN_WAIT_MS);
-    void Promise.all(exits).then(() => {
-      clearTimeout(timeout);
-      log.info('all workers drained');
-      process.exit(0);
-    });
+    void Promise.all(exits)
+      .then(() => {
+        clearTimeout(timeout);
+        log.info('all workers drained');
+        return database.close();
+      })
+      .finally(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

@@ -127,6 +127,7 @@ export class WorkerCluster {
             }),
           );
         },
+        resetQuota: (userId) => decider().resetOwned(userId),
         health: (from, youWereSuspected) => {
           if (youWereSuspected) {
             shard.epoch++;

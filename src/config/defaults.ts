@@ -20,10 +20,15 @@ export function defaultConfig(): DefaultConfig {
       topology: 'standalone', sentinel_master: 'mymaster', command_timeout: 0.5, sync_interval_ms: 100, max_unsynced_evicted_users: 100_000,
     },
     quota_management: { enabled: true, overage_handling: 'block', reset_interval: 86400, grace_period: 300 },
-    api_key_management: { enabled: true, generation_enabled: true, validation_enabled: true, rotation_enabled: true },
+    api_key_management: { enabled: true, generation_enabled: true, validation_enabled: true, rotation_enabled: true, rotation_overlap_seconds: 86_400 },
     usage_analytics: { enabled: true, pattern_analysis_enabled: true, reporting_enabled: true, retention_days: 90 },
     performance: { memory_limit_gb: 1, cpu_cores: 2, log_level: 'INFO' },
     monitoring: { api_gateway_endpoint: '', sql_database_endpoint: '', redis_endpoint: '', custom_metrics_endpoint: '' },
+    database: {
+      name: 'rate_limiting', user: 'postgres', password: '', ssl: false, pool_size: 10, connection_timeout: 5, statement_timeout: 5,
+      pglite_dir: '',
+    },
+    admin: { token: '' },
     cluster: {
       peers: '', secret: '', advertise_host: '', peer_port_offset: 1000, heartbeat_ms: 1000, member_ttl_ms: 3000,
       batch_limit: 1000, batch_wait_us: 0, vnodes: 160, health_interval_ms: 250,

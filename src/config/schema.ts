@@ -56,6 +56,10 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     generation_enabled: { type: 'bool', env: 'API_KEY_GENERATION_ENABLED', doc: 'admins may create keys' },
     validation_enabled: { type: 'bool', env: 'API_KEY_VALIDATION_ENABLED', doc: 'keys are validated on checks' },
     rotation_enabled: { type: 'bool', env: 'API_KEY_ROTATION_ENABLED', doc: 'admins may rotate keys' },
+    rotation_overlap_seconds: {
+      type: 'int', min: 0, max: 31_536_000, env: 'API_KEY_ROTATION_OVERLAP_SECONDS',
+      doc: 'how long a rotated key stays valid when the rotation does not say',
+    },
   },
   usage_analytics: {
     enabled: { type: 'bool', env: 'USAGE_ANALYTICS_ENABLED', doc: 'record usage history' },
@@ -76,6 +80,19 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     sql_database_endpoint: { type: 'string', maxLength: 1000, env: 'SQL_DATABASE_ENDPOINT', doc: 'host:port of PostgreSQL; empty = embedded PGlite' },
     redis_endpoint: { type: 'string', maxLength: 1000, env: 'REDIS_ENDPOINT', doc: 'alias of redis.endpoint (the seed lists it twice)' },
     custom_metrics_endpoint: { type: 'string', maxLength: 1000, env: 'CUSTOM_METRICS_ENDPOINT', doc: 'Prometheus Pushgateway URL' },
+  },
+  database: {
+    name: { type: 'string', maxLength: 63, env: 'SQL_DATABASE_NAME', doc: 'PostgreSQL database (with SQL_DATABASE_ENDPOINT)' },
+    user: { type: 'string', maxLength: 63, env: 'SQL_DATABASE_USER', doc: 'PostgreSQL user' },
+    password: { type: 'string', maxLength: 1000, env: 'SQL_DATABASE_PASSWORD', doc: 'PostgreSQL password', secret: true },
+    ssl: { type: 'bool', env: 'SQL_DATABASE_SSL', doc: 'connect to PostgreSQL over TLS' },
+    pool_size: { type: 'int', min: 1, max: 200, env: 'SQL_DATABASE_POOL_SIZE', doc: 'connections per process' },
+    connection_timeout: { type: 'number', min: 0, exclusiveMin: true, max: 600, env: 'SQL_DATABASE_CONNECTION_TIMEOUT', doc: 'seconds to connect' },
+    statement_timeout: { type: 'number', min: 0, exclusiveMin: true, max: 600, env: 'SQL_DATABASE_STATEMENT_TIMEOUT', doc: 'seconds a statement may take' },
+    pglite_dir: { type: 'string', maxLength: 1000, env: 'PGLITE_DATA_DIR', doc: 'data directory of the embedded PGlite (no SQL_DATABASE_ENDPOINT); empty = data/pglite/<node id>; "memory" keeps nothing' },
+  },
+  admin: {
+    token: { type: 'string', maxLength: 1000, env: 'ADMIN_TOKEN', doc: 'bearer token of the admin API; empty = admin API off', secret: true },
   },
   cluster: {
     peers: {

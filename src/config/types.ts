@@ -55,6 +55,7 @@ export interface Config {
     generation_enabled: boolean;
     validation_enabled: boolean;
     rotation_enabled: boolean;
+    rotation_overlap_seconds: number;
   };
   usage_analytics: {
     enabled: boolean;
@@ -72,6 +73,19 @@ export interface Config {
     sql_database_endpoint: string;
     redis_endpoint: string;
     custom_metrics_endpoint: string;
+  };
+  database: {
+    name: string;
+    user: string;
+    password: string;
+    ssl: boolean;
+    pool_size: number;
+    connection_timeout: number;
+    statement_timeout: number;
+    pglite_dir: string;
+  };
+  admin: {
+    token: string;
   };
   cluster: {
     peers: string;

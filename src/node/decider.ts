@@ -1,9 +1,9 @@
 import { performance } from 'node:perf_hooks';
 import type { DecisionMode, FallbackPolicy } from '../config/types.js';
-import { decide, newUserState, windowStart, type Decision } from './engine.js';
+import { decide, newUserState, windowStart, type Decision, type DecisionCode } from './engine.js';
 import type { EffectiveLimits } from './limits.js';
 import { newEntry, type Shard, type ShardEntry } from './shard.js';
-import type { TierPolicy } from './tiers.js';
+import type { UserLimits, UserLimitsResult } from '../accounts/user-limits.js';
 import type { DecisionPath, Metrics } from '../observability/metrics.js';
 import type { DecisionSli } from '../observability/sli.js';
 import type { RedisConnection } from '../storage/redis/connection.js';
@@ -35,6 +35,8 @@ export interface CheckOutcome {
   path: DecisionPath;
   /** For local decisions: held in memory, loaded from Redis for this check, or started from rest because Redis was unreachable. */
   state?: StateSource;
+  /** The limits the receiving worker resolved for the user (for the response headers). */
+  limits?: EffectiveLimits;
 }
 
 export interface RedisTier {
@@ -44,7 +46,8 @@ export interface RedisTier {
 
 export interface DeciderDeps {
   shard: Shard;
-  tiers: TierPolicy;
+  /** Which limits a user is held to (stored users, else the tier hint). */
+  users: UserLimits;
   metrics: Metrics;
   sli: DecisionSli;
   /** Epoch ms; read once per check. */
@@ -96,11 +99,42 @@ export class Decider {
    */
   check(input: CheckInput, options?: { count: boolean }): CheckOutcome | Promise<CheckOutcome> {
     const started = performance.now();
-    const { tiers, clock } = this.deps;
-    const limits = tiers.limitsOf(tiers.tierForHint(input.tier));
-    const now = clock();
+    const now = this.deps.clock();
     const count = options?.count !== false;
+    const found = this.deps.users.limitsFor(input.userId, input.tier);
+    return found instanceof Promise
+      ? found.then((f) => this.checkWith(input, f, now, started, count))
+      : this.checkWith(input, found, now, started, count);
+  }
 
+  /**
+   * The user's counters as a peek (cost 0), for /quota: not counted as a decision, and
+   * answered for disabled users too.
+   */
+  read(userId: string, tierHint: string | undefined): CheckOutcome | Promise<CheckOutcome> {
+    const input = { userId, tier: tierHint, cost: 0 };
+    const started = performance.now();
+    const now = this.deps.clock();
+    const found = this.deps.users.limitsFor(userId, tierHint);
+    const readWith = (f: UserLimitsResult) => this.checkWith(input, { ...f, disabled: false }, now, started, false);
+    return found instanceof Promise ? found.then(readWith) : readWith(found);
+  }
+
+  /**
+   * A check refused before any limit is consulted (an invalid, expired or revoked API key,
+   * or the key store unavailable): no counter is touched. Counted like any decision.
+   */
+  refuse(input: CheckInput, code: DecisionCode, options?: { count: boolean }): CheckOutcome | Promise<CheckOutcome> {
+    const started = performance.now();
+    const now = this.deps.clock();
+    const found = this.deps.users.limitsFor(input.userId, input.tier);
+    const done = (f: UserLimitsResult): CheckOutcome => this.finish(refusal(input.userId, f.limits, code, now), started, options?.count !== false);
+    return found instanceof Promise ? found.then(done) : done(found);
+  }
+
+  private checkWith(input: CheckInput, found: UserLimitsResult, now: number, started: number, count: boolean): CheckOutcome | Promise<CheckOutcome> {
+    const limits = found.limits;
+    if (found.disabled) return this.finish(refusal(input.userId, limits, 'USER_DISABLED', now), started, count);
     if (this.deps.mode === 'redis') return this.decideInRedis(input, limits, now, started, count);
     const route = this.deps.cluster?.route(input.userId);
     if (route === undefined || route.kind === 'self') return this.decideOwned(input, limits, now, started, count);
@@ -109,6 +143,7 @@ export class Decider {
       (result) => {
         const outcome = fromWire(input.userId, result);
         if (outcome.path === 'local') outcome.path = 'forwarded';
+        outcome.limits = limits;
         return this.finish(outcome, started, count);
       },
       (err: Error) => {
@@ -126,12 +161,42 @@ export class Decider {
    */
   decideForPeer(input: CheckInput): CheckOutcome | Promise<CheckOutcome> {
     const started = performance.now();
-    const { tiers, clock, metrics } = this.deps;
-    const limits = tiers.limitsOf(tiers.tierForHint(input.tier));
-    const now = clock();
-    metrics.peerDecisions.inc();
-    if (this.deps.mode === 'redis') return this.decideInRedis(input, limits, now, started, false);
-    return this.decideOwned(input, limits, now, started, false);
+    const now = this.deps.clock();
+    this.deps.metrics.peerDecisions.inc();
+    const decideWith = (found: UserLimitsResult): CheckOutcome | Promise<CheckOutcome> => {
+      if (found.disabled) return refusal(input.userId, found.limits, 'USER_DISABLED', now);
+      if (this.deps.mode === 'redis') return this.decideInRedis(input, found.limits, now, started, false);
+      return this.decideOwned(input, found.limits, now, started, false);
+    };
+    const found = this.deps.users.limitsFor(input.userId, input.tier);
+    return found instanceof Promise ? found.then(decideWith) : decideWith(found);
+  }
+
+  /**
+   * An admin reset of the user's current quota window, carried out by the user's owner
+   * (this worker, or the owning peer), so memory, pending writes and Redis agree.
+   * Rejects when the owner cannot be reached.
+   */
+  async resetQuota(userId: string): Promise<void> {
+    const route = this.deps.cluster?.route(userId);
+    if (route?.kind === 'peer') return route.client.resetQuota(userId);
+    if (route?.kind === 'suspect') throw new Error(`the owner of ${userId} (${route.member.id}) is not answering; try again shortly`);
+    return this.resetOwned(userId);
+  }
+
+  /** The reset, by this worker as the owner. */
+  async resetOwned(userId: string): Promise<void> {
+    const now = this.deps.clock();
+    const found = this.deps.users.limitsFor(userId, undefined);
+    const { limits } = found instanceof Promise ? await found : found;
+    const { redis, reconciler, shard } = this.deps;
+    if (reconciler !== null) return reconciler.resetQuota(userId, limits, now);
+    if (redis !== null && this.deps.mode === 'redis') return redis.scripts.resetQuota(userId, limits, now);
+    const entry = shard.peek(userId);
+    if (entry !== undefined && entry.dayStart === windowStart(now, limits.dayMs)) {
+      entry.dayCount = 0;
+      entry.graceAt = -1;
+    }
   }
 
   /** This worker owns the user. */
@@ -140,11 +205,11 @@ export class Decider {
     const entry = shard.get(input.userId);
     if (entry !== undefined && (entry.epoch === shard.epoch || this.deps.reconciler === null)) {
       const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
-      return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'local', state: 'memory' }, started, count);
+      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory' }, started, count);
     }
     if (entry === undefined && this.deps.redis === null) {
       const decision = shard.decide(input.userId, limits, input.cost, now);
-      return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'local', state: 'memory' }, started, count);
+      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory' }, started, count);
     }
     return this.prepareThenDecide(input, limits, now, started, count);
   }
@@ -168,7 +233,7 @@ export class Decider {
       shard.insert(input.userId, entry);
     }
     const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
-    return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'local', state: source }, started, count);
+    return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: source }, started, count);
   }
 
   /** Re-reads an entry from an older epoch: flush its changes, adopt what others added. */
@@ -222,7 +287,7 @@ export class Decider {
     if (redis !== null && redis.connection.connected) {
       try {
         const decision = await redis.scripts.decide(input.userId, limits, input.cost, now);
-        return this.finish({ userId: input.userId, tier: limits.tier, decision, path: 'redis' }, started, count);
+        return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'redis' }, started, count);
       } catch {
         // fall through to the policy
       }
@@ -244,7 +309,7 @@ export class Decider {
           ? { ...view, allowed: true, code: 'OK', limitedBy: null, retryAfterMs: 0 }
           : { ...view, allowed: false, code: 'UNAVAILABLE', limitedBy: null, retryAfterMs: 1000 };
     }
-    return { userId: input.userId, tier: limits.tier, decision, path: 'fallback' };
+    return { userId: input.userId, tier: limits.tier, limits, decision, path: 'fallback' };
   }
 
   private finish(outcome: CheckOutcome, started: number, count: boolean): CheckOutcome {
@@ -256,4 +321,21 @@ export class Decider {
     sli.record(ms, outcome.decision.now);
     return outcome;
   }
+}
+
+/** The answer to a check refused before any limit was consulted: nothing charged, nothing left. */
+function refusal(userId: string, limits: EffectiveLimits, code: DecisionCode, now: number): CheckOutcome {
+  const status = (limit: number) => ({ limit, remaining: 0, reset_at: now });
+  const decision: Decision = {
+    allowed: false,
+    code,
+    limitedBy: null,
+    retryAfterMs: null,
+    limits: { burst: status(limits.burst), minute: status(limits.perMinute), hour: status(limits.perHour), day: status(limits.perDay) },
+    quotaUsed: 0,
+    charged: 0,
+    graceStarted: false,
+    now,
+  };
+  return { userId, tier: limits.tier, limits, decision, path: 'local' };
 }

@@ -20,6 +20,7 @@ export const DECISION_CODES = [
   'KEY_EXPIRED',
   'KEY_REVOKED',
   'USER_DISABLED',
+  'KEY_STORE_UNAVAILABLE',
   'UNAVAILABLE',
 ] as const;
 export type DecisionCode = (typeof DECISION_CODES)[number];

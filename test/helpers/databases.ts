@@ -108,3 +108,21 @@ export async function servedPglite(primary?: PgliteDatabase): Promise<ServedPgli
   };
   return handle;
 }
+
+/** A throwaway PostgreSQL database for node processes: the environment that points them at it. */
+export async function throwawayPostgresEnv(): Promise<{ env: Record<string, string>; dispose(): Promise<void> }> {
+  const created = await throwawayPostgres();
+  await created.db.close();
+  return {
+    env: { SQL_DATABASE_ENDPOINT: `${LOCAL_POSTGRES.host}:${LOCAL_POSTGRES.port}`, SQL_DATABASE_NAME: created.name, SQL_DATABASE_USER: LOCAL_POSTGRES.user },
+    async dispose() {
+      const dropper = new pg.Client({ ...LOCAL_POSTGRES, database: 'postgres' });
+      await dropper.connect();
+      try {
+        await dropper.query(`DROP DATABASE IF EXISTS ${created.name} WITH (FORCE)`);
+      } finally {
+        await dropper.end();
+      }
+    },
+  };
+}

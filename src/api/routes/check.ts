@@ -1,15 +1,42 @@
 import type { FastifyInstance } from 'fastify';
 import type { CheckOutcome } from '../../node/decider.js';
 import type { Decision } from '../../node/engine.js';
+import type { KeyCheck } from '../../accounts/key-cache.js';
 import { BATCH_BODY_LIMIT, type AppDeps } from '../app.js';
+import { ApiError } from '../errors.js';
 import { rateLimitHeaders } from '../headers.js';
 import { BATCH_MAX, checkItemSchema, checkResultSchema, quotaSchema, tierFiguresSchema, userIdSchema } from '../schemas.js';
 
 interface CheckBody {
-  user_id: string;
+  user_id?: string;
   tier?: string;
   api_key?: string;
   cost: number;
+}
+
+/**
+ * Decides one check body. An API key (when key management and validation are on) names
+ * the user and overrides any user_id and tier in the body; a bad key is refused with its
+ * code before any counter is touched.
+ */
+function decideBody(deps: AppDeps, body: CheckBody, field: string): CheckOutcome | Promise<CheckOutcome> {
+  const { decider, accounts, config } = deps;
+  const cost = body.cost;
+  const keysOn = config.api_key_management.enabled && config.api_key_management.validation_enabled;
+  if (body.api_key !== undefined && keysOn) {
+    const asGiven = { userId: body.user_id ?? '', tier: body.tier, cost };
+    if (accounts === null) return decider.refuse(asGiven, 'KEY_STORE_UNAVAILABLE');
+    const found = accounts.keys.resolve(body.api_key);
+    const go = (key: KeyCheck): CheckOutcome | Promise<CheckOutcome> =>
+      key.code === 'valid'
+        ? decider.check({ userId: key.userId!, tier: undefined, cost })
+        : decider.refuse({ ...asGiven, userId: key.userId ?? asGiven.userId }, key.code);
+    return found instanceof Promise ? found.then(go) : go(found);
+  }
+  if (body.user_id === undefined) {
+    throw new ApiError('INVALID_FIELD', `${field}user_id is required (or api_key)`, `${field}user_id`);
+  }
+  return decider.check({ userId: body.user_id, tier: body.tier, cost });
 }
 
 let lastResetMs = -1;
@@ -50,6 +77,7 @@ export function checkResultBody(outcome: CheckOutcome, cost: number) {
 export function registerCheckRoutes(app: FastifyInstance, deps: AppDeps): void {
   const { decider, tiers, config } = deps;
   const itemSchema = checkItemSchema(tiers.names, config.limiter.max_cost);
+  const users = deps.users;
 
   app.post<{ Body: CheckBody }>(
     '/rate-limiting/check',
@@ -57,10 +85,10 @@ export function registerCheckRoutes(app: FastifyInstance, deps: AppDeps): void {
     (request, reply) => {
       const body = request.body;
       const send = (outcome: CheckOutcome): void => {
-        void reply.headers(rateLimitHeaders(outcome.decision, tiers.limitsOf(outcome.tier))).send(checkResultBody(outcome, body.cost));
+        void reply.headers(rateLimitHeaders(outcome.decision, outcome.limits ?? tiers.limitsOf(outcome.tier))).send(checkResultBody(outcome, body.cost));
       };
       // Local decisions are synchronous; only forwarded and Redis decisions wait.
-      const outcome = decider.check({ userId: body.user_id, tier: body.tier, cost: body.cost });
+      const outcome = decideBody(deps, body, '');
       if (outcome instanceof Promise) outcome.then(send, (err: unknown) => reply.send(err));
       else send(outcome);
     },
@@ -84,8 +112,8 @@ export function registerCheckRoutes(app: FastifyInstance, deps: AppDeps): void {
     async (request) => {
       // Checks of one batch are decided in order, so two checks of one user see each other.
       const results = [];
-      for (const item of request.body.checks) {
-        const outcome = await decider.check({ userId: item.user_id, tier: item.tier, cost: item.cost });
+      for (const [i, item] of request.body.checks.entries()) {
+        const outcome = await decideBody(deps, item, `checks[${i}].`);
         results.push(checkResultBody(outcome, item.cost));
       }
       return { results };
@@ -153,8 +181,9 @@ export function registerCheckRoutes(app: FastifyInstance, deps: AppDeps): void {
     },
     async (request) => {
       const { user_id } = request.params;
-      const outcome = await decider.check({ userId: user_id, tier: request.query.tier, cost: 0 }, { count: false });
-      const limits = tiers.limitsOf(outcome.tier);
+      const outcome = await decider.read(user_id, request.query.tier);
+      const found = users.limitsFor(user_id, request.query.tier);
+      const { limits } = found instanceof Promise ? await found : found;
       return {
         user_id,
         tier: outcome.tier,

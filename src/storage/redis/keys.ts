@@ -48,3 +48,4 @@ export { windowStart } from '../../node/engine.js';
 export const MEMBERS_KEY = `${KEY_PREFIX}:{cluster}:members`;
 export const MEMBERSHIP_CHANNEL = `${KEY_PREFIX}:{cluster}:membership`;
 export const CLUSTER_SECRET_KEY = `${KEY_PREFIX}:{cluster}:secret`;
+export const INVALIDATION_CHANNEL = `${KEY_PREFIX}:{cluster}:invalidate`;

@@ -16,6 +16,7 @@
  */
 import type { Logger } from '../../observability/logger.js';
 import { decayedDebt } from '../../node/engine.js';
+import type { EffectiveLimits } from '../../node/limits.js';
 import { addPending, isDirty, type PendingWindow, type Shard, type ShardEntry } from '../../node/shard.js';
 import type { RedisConnection } from './connection.js';
 import type { RedisScripts, Surprise, UserFlush, WindowFlush } from './scripts.js';
@@ -46,6 +47,8 @@ interface InFlight {
   userId: string;
   entry: ShardEntry;
   flush: UserFlush;
+  /** A refresh takes Redis's totals as the truth instead of adding what others added. */
+  refresh?: boolean;
 }
 
 interface RefreshWaiter {
@@ -211,12 +214,17 @@ export class Reconciler {
     const items: InFlight[] = [];
     for (const [userId, waiters] of queued) {
       const entry = waiters[0]!.entry;
-      // Zero deltas for the current windows carry the full counts, so Redis reports its totals.
+      // Every current window is sent (zero deltas where nothing is pending) with a claimed
+      // total of 0: the memory of a stale entry is no claim, and Redis answers its totals.
       addPending(entry, 'm', entry.minuteStart, entry.limits.minuteMs, 0);
       addPending(entry, 'h', entry.hourStart, entry.limits.hourMs, 0);
       addPending(entry, 'd', entry.dayStart, entry.limits.dayMs, 0);
       shard.dirty.delete(userId);
-      items.push({ userId, entry, flush: this.toFlush(userId, entry) });
+      const graceIsNew = entry.graceDirty;
+      const flush = this.toFlush(userId, entry);
+      for (const w of flush.windows) if (w.full >= 0) w.full = 0;
+      if (!graceIsNew) flush.graceAt = -1;
+      items.push({ userId, entry, flush, refresh: true });
     }
     for (let i = 0; i < items.length; i += this.options.usersPerCall) {
       const chunk = items.slice(i, i + this.options.usersPerCall);
@@ -234,6 +242,25 @@ export class Reconciler {
         }
       }
     }
+  }
+
+  /**
+   * An admin reset of the user's quota window: memory and Redis go back to zero, in line
+   * with flushes (a flush in flight could otherwise write the old count back).
+   */
+  resetQuota(userId: string, limits: EffectiveLimits, now: number): Promise<void> {
+    const run = this.chain.then(async () => {
+      const entry = this.options.shard.peek(userId);
+      const dayStart = now - (now % limits.dayMs);
+      if (entry !== undefined && entry.dayStart === dayStart) {
+        entry.dayCount = 0;
+        entry.graceAt = -1;
+        if (entry.pending) entry.pending = entry.pending.filter((w) => !(w.kind === 'd' && w.start === dayStart));
+      }
+      await this.options.scripts.resetQuota(userId, limits, now);
+    });
+    this.chain = run.catch(() => undefined);
+    return run;
   }
 
   /** Takes the entry's pending changes into a flush (they are put back if it fails). */
@@ -297,18 +324,22 @@ export class Reconciler {
       entry.version = surprise.version;
       entry.baseDebt = surprise.debt;
       entry.baseAt = surprise.debtAt;
-      for (const w of flush.windows) {
-        const total = w.kind === 'm' ? surprise.minute : w.kind === 'h' ? surprise.hour : surprise.day;
-        const extra = w.full >= 0 && total >= 0 ? total - w.full : 0;
-        if (extra <= 0) continue;
-        if (w.kind === 'm' && w.start === entry.minuteStart) entry.minuteCount += extra;
-        if (w.kind === 'h' && w.start === entry.hourStart) entry.hourCount += extra;
-        if (w.kind === 'd' && w.start === entry.dayStart) entry.dayCount += extra;
-      }
-      if (surprise.graceAt >= 0 && surprise.graceDay === entry.dayStart && (entry.graceAt < 0 || surprise.graceAt < entry.graceAt)) {
-        entry.graceAt = surprise.graceAt;
-      }
     }
+    for (const w of flush.windows) {
+      if (w.full < 0) continue;
+      // Unreported totals equal the claim. A refresh takes Redis's total as the count; a
+      // flush adds what others added.
+      const reported = surprise === undefined ? -1 : w.kind === 'm' ? surprise.minute : w.kind === 'h' ? surprise.hour : surprise.day;
+      const total = reported >= 0 ? reported : w.full;
+      const next = (current: number): number => (item.refresh ? total : current + Math.max(0, total - w.full));
+      if (w.kind === 'm' && w.start === entry.minuteStart) entry.minuteCount = next(entry.minuteCount);
+      if (w.kind === 'h' && w.start === entry.hourStart) entry.hourCount = next(entry.hourCount);
+      if (w.kind === 'd' && w.start === entry.dayStart) entry.dayCount = next(entry.dayCount);
+    }
+    const redisGrace =
+      surprise === undefined ? flush.graceAt : surprise.graceAt >= 0 && surprise.graceDay === entry.dayStart ? surprise.graceAt : -1;
+    if (item.refresh) entry.graceAt = redisGrace;
+    else if (redisGrace >= 0 && (entry.graceAt < 0 || redisGrace < entry.graceAt)) entry.graceAt = redisGrace;
     // An evicted user is kept aside only until its changes are in Redis.
     if (!isDirty(entry)) this.options.shard.forgetEvicted(item.userId, entry);
   }

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Decision, DecisionCode } from '../../node/engine.js';
 import type { EffectiveLimits, LimitName } from '../../node/limits.js';
 import type { RedisClient, RedisConnection } from './connection.js';
-import { bucketKey, userKeys, windowStart } from './keys.js';
+import { bucketKey, userKeys, windowKey, windowStart } from './keys.js';
 
 /**
  * Typed wrappers of the Lua scripts in ./lua (one script per file, KEYS/ARGV/return
@@ -14,10 +14,11 @@ interface ScriptCommands {
   rlDecide(...args: ScriptArg[]): Promise<number[]>;
   rlLoad(...args: ScriptArg[]): Promise<number[]>;
   rlReconcile(numKeys: number, ...args: ScriptArg[]): Promise<number[]>;
+  rlReset(...args: ScriptArg[]): Promise<number>;
 }
 
 const lua = (name: string): string => readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), 'utf8');
-const SOURCES = { decide: lua('decide'), load: lua('load'), reconcile: lua('reconcile') };
+const SOURCES = { decide: lua('decide'), load: lua('load'), reconcile: lua('reconcile'), reset: lua('reset') };
 
 const CODES: DecisionCode[] = ['OK', 'OK', 'GRACE', 'OVERAGE', 'RATE_LIMITED', 'QUOTA_EXCEEDED'];
 const LIMITS: Array<LimitName | null> = [null, 'burst', 'minute', 'hour', 'day'];
@@ -91,6 +92,7 @@ export class RedisScripts {
       client.defineCommand('rlDecide', { numberOfKeys: 4, lua: SOURCES.decide });
       client.defineCommand('rlLoad', { numberOfKeys: 4, lua: SOURCES.load });
       client.defineCommand('rlReconcile', { lua: SOURCES.reconcile });
+      client.defineCommand('rlReset', { numberOfKeys: 2, lua: SOURCES.reset });
       this.registered.add(client);
     }
     return client as unknown as ScriptCommands;
@@ -125,6 +127,12 @@ export class RedisScripts {
       graceStarted: n(14) === 1,
       now,
     };
+  }
+
+  /** Resets the user's day window containing `now` to zero (an admin quota reset). */
+  async resetQuota(userId: string, limits: EffectiveLimits, now: number): Promise<void> {
+    const dayStart = windowStart(now, limits.dayMs);
+    await this.commands().rlReset(bucketKey(userId), windowKey(userId, 'd', dayStart), dayStart);
   }
 
   /** A user's full state for the windows of `now`. */

@@ -1,0 +1,133 @@
+/**
+ * A bounded read-through cache for the request path, in front of the database.
+ *
+ * - Found entries are answered from memory, synchronously. Once an entry has been held for
+ *   `refreshAfterMs`, its next use still answers from memory and starts one background
+ *   reload. If the database cannot answer, the entry is kept and served: known keys and
+ *   users keep working through a database outage.
+ * - Absent entries ("no such key") are remembered for `missingTtlMs`, in a separate LRU so
+ *   a flood of made-up ids cannot push out the found ones.
+ * - Everything else waits for one load per id (concurrent callers share it); a load that
+ *   fails answers `unavailable` and caches nothing.
+ * - `delete` drops an entry at once (invalidation). A load that was already running when
+ *   something was deleted answers its callers but is not cached, so a revocation racing a
+ *   lookup cannot put the old state back.
+ *
+ * Trade-off: without invalidation, a change reaches this cache within about
+ * `refreshAfterMs` of use; with it, on the next request.
+ */
+import { LRUCache } from 'lru-cache';
+
+export type CacheLookup<V> = { state: 'found'; value: V } | { state: 'missing' } | { state: 'unavailable' };
+
+export interface RefreshingCacheOptions<V> {
+  /** Reads one entry from the store: null when it does not exist; throws when the store cannot answer. */
+  load(id: string): Promise<V | null>;
+  clock: () => number;
+  maxEntries: number;
+  maxMissing: number;
+  refreshAfterMs: number;
+  missingTtlMs: number;
+  /** Wait before trying again after a background reload failed. */
+  retryAfterMs: number;
+  onLoadError?: (id: string, err: unknown) => void;
+}
+
+interface FoundEntry<V> {
+  lookup: { state: 'found'; value: V };
+  refreshAt: number;
+}
+
+const MISSING = Object.freeze({ state: 'missing' as const });
+const UNAVAILABLE = Object.freeze({ state: 'unavailable' as const });
+
+export class RefreshingCache<V extends object> {
+  private readonly found: LRUCache<string, FoundEntry<V>>;
+  /** id → until when it is known not to exist. */
+  private readonly missing: LRUCache<string, number>;
+  private readonly loading = new Map<string, Promise<CacheLookup<V>>>();
+  /** Bumped by every deletion; loads started under an older generation are not cached. */
+  private generation = 0;
+
+  constructor(private readonly options: RefreshingCacheOptions<V>) {
+    this.found = new LRUCache({ max: options.maxEntries });
+    this.missing = new LRUCache({ max: options.maxMissing });
+  }
+
+  /** The entry for `id`: synchronously when it is in memory, else after one load. */
+  get(id: string): CacheLookup<V> | Promise<CacheLookup<V>> {
+    const now = this.options.clock();
+    const entry = this.found.get(id);
+    if (entry !== undefined) {
+      if (now >= entry.refreshAt) this.refresh(id, entry, now);
+      return entry.lookup;
+    }
+    const until = this.missing.get(id);
+    if (until !== undefined) {
+      if (now < until) return MISSING;
+      this.missing.delete(id);
+    }
+    return this.load(id);
+  }
+
+  /** Drops what is known about `id`; the next `get` reads the store. */
+  delete(id: string): void {
+    this.generation++;
+    this.found.delete(id);
+    this.missing.delete(id);
+  }
+
+  /** Drops every found entry `matches` selects (a scan: for rare events such as deleting a user). */
+  deleteWhere(matches: (id: string, value: V) => boolean): void {
+    this.generation++;
+    const doomed: string[] = [];
+    for (const [id, entry] of this.found.entries()) if (matches(id, entry.lookup.value)) doomed.push(id);
+    for (const id of doomed) this.found.delete(id);
+  }
+
+  clear(): void {
+    this.generation++;
+    this.found.clear();
+    this.missing.clear();
+  }
+
+  get size(): { found: number; missing: number } {
+    return { found: this.found.size, missing: this.missing.size };
+  }
+
+  private refresh(id: string, entry: FoundEntry<V>, now: number): void {
+    if (this.loading.has(id)) return;
+    // Until the reload succeeds, try again only after the retry delay (not on every request).
+    entry.refreshAt = now + this.options.retryAfterMs;
+    void this.load(id);
+  }
+
+  private load(id: string): Promise<CacheLookup<V>> {
+    const running = this.loading.get(id);
+    if (running !== undefined) return running;
+    const generation = this.generation;
+    const promise = this.options.load(id).then(
+      (value): CacheLookup<V> => {
+        const now = this.options.clock();
+        const current = generation === this.generation;
+        if (value === null) {
+          if (current) {
+            this.found.delete(id);
+            this.missing.set(id, now + this.options.missingTtlMs);
+          }
+          return MISSING;
+        }
+        const lookup = { state: 'found' as const, value };
+        if (current) this.found.set(id, { lookup, refreshAt: now + this.options.refreshAfterMs });
+        return lookup;
+      },
+      (err: unknown): CacheLookup<V> => {
+        this.options.onLoadError?.(id, err);
+        return UNAVAILABLE;
+      },
+    );
+    this.loading.set(id, promise);
+    void promise.finally(() => this.loading.delete(id));
+    return promise;
+  }
+}
