@@ -1,5 +1,5 @@
 import { pickGenerator, runLoad, type LoadResult } from './lib/load.js';
-import { scrapeMetric, startHello, startOurNode, startRedis, sumSamples, type RedisProcess, type Target } from './lib/processes.js';
+import { scrapeMetric, startHello, startNodeWithAccounts, startOurNode, startRedis, sumSamples, type RedisProcess, type Target } from './lib/processes.js';
 import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
 
 export interface ThroughputOptions {
@@ -31,6 +31,9 @@ const LOCAL = 'check, local mode, no Redis';
 const LOCAL_REDIS = 'check, local mode + Redis write-behind';
 const REDIS_MODE = 'check, redis mode (Redis per decision)';
 const NODE_2 = 'check, one node of 2 workers (ring of 2)';
+const BY_USER = 'check by user_id, 1000 stored users';
+const BY_KEY = 'check by api_key, 1000 keys';
+const STORED_USERS = 1000;
 
 /** Forwarded share and batch sizes of a node, from its aggregated /metrics. */
 async function forwardingReport(target: Target): Promise<string> {
@@ -70,6 +73,8 @@ function targets(redis: RedisProcess): TargetSpec[] {
       probe: { label: 'sync lag ms (max)', read: async (t) => 1000 * (await scrapeMetric(t, 'rate_limiting_sync_lag_seconds')) },
     },
     { name: REDIS_MODE, start: node(REDIS_MODE, { REDIS_ENDPOINT: redis.endpoint, REDIS_DATABASE: '1', RATE_LIMITING_MODE: 'redis' }), versus: LOCAL },
+    { name: BY_USER, start: () => startNodeWithAccounts(BY_USER, STORED_USERS, 'user_id', { RATE_LIMITING_WORKERS: '1' }) },
+    { name: BY_KEY, start: () => startNodeWithAccounts(BY_KEY, STORED_USERS, 'api_key', { RATE_LIMITING_WORKERS: '1' }), versus: BY_USER, bar: 0.9 },
     { name: NODE_2, start: node(NODE_2, { RATE_LIMITING_WORKERS: '2', ...(process.env.BENCH_NODE_ENV ? JSON.parse(process.env.BENCH_NODE_ENV) : {}) }), versus: CEILING_2, bar: 0.7, report: forwardingReport },
   ];
 }
@@ -94,7 +99,10 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
   try {
     for (const spec of specs) started.push({ name: spec.name, target: await spec.start() });
     const load = (target: Target, seconds: number) =>
-      runLoad(generator, { url: target.url, path: target.path, connections: options.connections, users: options.users, durationSeconds: seconds });
+      runLoad(generator, {
+        url: target.url, path: target.path, connections: options.connections, users: options.users, durationSeconds: seconds,
+        ...(target.bodies ? { bodies: target.bodies } : {}),
+      });
     for (const { target } of started) await load(target, options.warmupSeconds);
     for (let round = 1; round <= options.rounds; round++) {
       const line: string[] = [];

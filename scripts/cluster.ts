@@ -20,10 +20,14 @@ import { startGateway, type Gateway } from './gateway.js';
 export const SERVICES = ['redis', 'postgres', 'limiter', 'gateway'] as const;
 
 export function limiterEnvironment(redisEndpoint: string, apiPort: number, nodeId: string, sqlEndpoint: string): Record<string, string> {
+  const served = sqlEndpoint.startsWith('/');
   return {
     RATE_LIMITING_API_PORT: String(apiPort),
     REDIS_ENDPOINT: redisEndpoint,
     SQL_DATABASE_ENDPOINT: sqlEndpoint,
+    SQL_DATABASE_NAME: served ? 'postgres' : (process.env.SQL_DATABASE_NAME ?? 'rate_limiting'),
+    SQL_DATABASE_USER: served ? 'postgres' : (process.env.SQL_DATABASE_USER ?? 'postgres'),
+    SQL_DATABASE_PASSWORD: served ? '' : (process.env.SQL_DATABASE_PASSWORD ?? ''),
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
     NODE_ID: nodeId,
   };

@@ -13,6 +13,8 @@ export interface LoadOptions {
   users: number;
   /** Extra JSON fields of every body (e.g. a tier). */
   extra?: Record<string, unknown>;
+  /** Explicit request bodies to cycle through instead (e.g. one per API key). */
+  bodies?: string[];
 }
 
 export interface LoadResult {
@@ -52,20 +54,25 @@ export async function runLoad(generator: LoadGenerator, options: LoadOptions): P
 }
 
 let scriptDir: string | undefined;
+let scriptCount = 0;
 
 async function runWrk(options: LoadOptions): Promise<LoadResult> {
   scriptDir ??= mkdtempSync(join(tmpdir(), 'rl-bench-'));
   const [prefix, suffix] = bodyPrefixSuffix(options);
-  const script = join(scriptDir, `load-${options.users}-${Buffer.from(suffix).toString('hex').slice(0, 32)}.lua`);
+  const script = join(scriptDir, `load-${process.pid}-${scriptCount++}.lua`);
+  const body = options.bodies
+    ? [`local bodies = { ${options.bodies.map((b) => JSON.stringify(b)).join(', ')} }`, `  return wrk.format(nil, nil, nil, bodies[(n % ${options.bodies.length}) + 1])`]
+    : ['', `  return wrk.format(nil, nil, nil, '${prefix}' .. (n % ${options.users}) .. '${suffix}')`];
   writeFileSync(
     script,
     [
+      body[0],
       'local n = 0',
       'wrk.method = "POST"',
       'wrk.headers["Content-Type"] = "application/json"',
       'request = function()',
       '  n = n + 1',
-      `  return wrk.format(nil, nil, nil, '${prefix}' .. (n % ${options.users}) .. '${suffix}')`,
+      body[1],
       'end',
     ].join('\n'),
   );
@@ -104,7 +111,8 @@ async function runAutocannon(options: LoadOptions): Promise<LoadResult> {
         path: options.path,
         headers: { 'content-type': 'application/json' },
         setupRequest: (request) => {
-          request.body = `${prefix}${next++ % options.users}${suffix}`;
+          const i = next++;
+          request.body = options.bodies ? options.bodies[i % options.bodies.length]! : `${prefix}${i % options.users}${suffix}`;
           return request;
         },
       },

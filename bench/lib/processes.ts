@@ -8,6 +8,8 @@ export interface Target {
   name: string;
   url: string;
   path: string;
+  /** Request bodies to send instead of the generated user ids. */
+  bodies?: string[];
   stop(): Promise<void>;
 }
 
@@ -129,6 +131,35 @@ export async function scrapeMetric(target: Target, name: string): Promise<number
   const text = await (await fetch(`${target.url}/metrics`)).text();
   const match = new RegExp(`^${name} ([0-9.eE+-]+)$`, 'm').exec(text);
   return match ? Number(match[1]) : NaN;
+}
+
+/**
+ * A node with `users` stored users (and one API key each, with `keys`), made through its
+ * admin API once its embedded database answers; the target's bodies name them.
+ */
+export async function startNodeWithAccounts(name: string, users: number, by: 'user_id' | 'api_key', env: Record<string, string> = {}): Promise<Target> {
+  const token = 'bench-admin-token';
+  const target = await startOurNode(name, { ADMIN_TOKEN: token, PGLITE_DATA_DIR: 'memory', ...env });
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  const deadline = Date.now() + 120_000;
+  while ((await fetch(`${target.url}/admin/users?limit=1`, { headers })).status !== 200) {
+    if (Date.now() > deadline) throw new Error(`${name}: the account database did not come up`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const bodies: string[] = [];
+  for (let i = 0; i < users; i += 50) {
+    const chunk = await Promise.all(
+      Array.from({ length: Math.min(50, users - i) }, async (_, j) => {
+        const userId = `bench-stored-${i + j}`;
+        await fetch(`${target.url}/admin/users`, { method: 'POST', headers, body: JSON.stringify({ user_id: userId, tier: 'enterprise' }) });
+        if (by === 'user_id') return JSON.stringify({ user_id: userId });
+        const res = await fetch(`${target.url}/admin/users/${userId}/keys`, { method: 'POST', headers, body: '{}' });
+        return JSON.stringify({ api_key: ((await res.json()) as { key: string }).key });
+      }),
+    );
+    bodies.push(...chunk);
+  }
+  return { ...target, bodies };
 }
 
 /** Sum of every sample of `name` whose labels contain `labelMatch`. */
