@@ -34,6 +34,8 @@ const NODE_2 = 'check, one node of 2 workers (ring of 2)';
 const BY_USER = 'check by user_id, 1000 stored users';
 const BY_KEY = 'check by api_key, 1000 keys';
 const STORED_USERS = 1000;
+const ANALYTICS_OFF = 'check, usage analytics off';
+const ANALYTICS_ON = 'check, usage analytics on (recording every decision)';
 
 /** Forwarded share and batch sizes of a node, from its aggregated /metrics. */
 async function forwardingReport(target: Target): Promise<string> {
@@ -75,6 +77,14 @@ function targets(redis: RedisProcess): TargetSpec[] {
     { name: REDIS_MODE, start: node(REDIS_MODE, { REDIS_ENDPOINT: redis.endpoint, REDIS_DATABASE: '1', RATE_LIMITING_MODE: 'redis' }), versus: LOCAL },
     { name: BY_USER, start: () => startNodeWithAccounts(BY_USER, STORED_USERS, 'user_id', { RATE_LIMITING_WORKERS: '1' }) },
     { name: BY_KEY, start: () => startNodeWithAccounts(BY_KEY, STORED_USERS, 'api_key', { RATE_LIMITING_WORKERS: '1' }), versus: BY_USER, bar: 0.9 },
+    { name: ANALYTICS_OFF, start: node(ANALYTICS_OFF, { PGLITE_DATA_DIR: 'memory', USAGE_ANALYTICS_ENABLED: 'false' }) },
+    {
+      name: ANALYTICS_ON,
+      start: node(ANALYTICS_ON, { PGLITE_DATA_DIR: 'memory', USAGE_ANALYTICS_ENABLED: 'true', USAGE_FLUSH_INTERVAL_MS: '5000' }),
+      versus: ANALYTICS_OFF,
+      bar: 0.95,
+      probe: { label: 'usage rows buffered (max)', read: (t) => scrapeMetric(t, 'rate_limiting_usage_buffered_rows') },
+    },
     { name: NODE_2, start: node(NODE_2, { RATE_LIMITING_WORKERS: '2', ...(process.env.BENCH_NODE_ENV ? JSON.parse(process.env.BENCH_NODE_ENV) : {}) }), versus: CEILING_2, bar: 0.7, report: forwardingReport },
   ];
 }

@@ -20,6 +20,7 @@ import { UserDirectory } from './accounts/user-directory.js';
 import { UserLimits } from './accounts/user-limits.js';
 import { InProcessInvalidationBus, type InvalidationBus } from './accounts/invalidation.js';
 import { IpcInvalidationBus, RedisInvalidationBus } from './accounts/invalidation-transports.js';
+import { UsageHistory } from './analytics/usage-history.js';
 
 export interface BuiltNode {
   app: FastifyInstance;
@@ -30,6 +31,8 @@ export interface BuiltNode {
   redis: RedisTier | null;
   reconciler: Reconciler | null;
   cluster: WorkerCluster | null;
+  /** Usage history (recorder and retention); null without a database or with analytics off. */
+  usage: UsageHistory | null;
   /** Stops taking requests, flushes what Redis has not seen, leaves the ring, closes every client. */
   close(): Promise<void>;
 }
@@ -168,8 +171,16 @@ export async function buildNode(
   }
   const users = new UserLimits(config, tiers, accounts?.directory ?? null);
 
+  // Usage history: every decision is aggregated here and flushed to the database.
+  let usage: UsageHistory | null = null;
+  if (database !== null && config.usage_analytics.enabled) {
+    usage = new UsageHistory(config, database, clock, workerLogger.child({ component: 'usage' }), metrics);
+    usage.start({ retention: options.workerIndex === 0 });
+  }
+
   const decider = new Decider({
     shard, users, metrics, sli, clock, mode, redis, reconciler, cluster: null, fallback: config.limiter.fallback_policy, fallbackShard,
+    usage: usage?.recorder ?? null,
   });
 
   metrics.shardSize = () => shard.size;
@@ -274,6 +285,7 @@ export async function buildNode(
     redis,
     reconciler,
     cluster,
+    usage,
     async close() {
       await app.close();
       // Flush before leaving the ring, so the next owners load everything; checks peers
@@ -286,6 +298,7 @@ export async function buildNode(
         if (!flushed) workerLogger.error({ pending_users: shard.dirty.size }, 'shutdown: some changes could not be written to redis');
       }
       await accounts?.keys.stop();
+      await usage?.stop();
       await database?.close();
       await redis?.connection.close();
     },

@@ -119,7 +119,10 @@ describe('the check path with stored users and API keys', () => {
   it('resets a user\'s quota through the admin API', async () => {
     await start({ RATE_LIMIT_BASIC_REQUESTS_PER_DAY: '3', QUOTA_GRACE_PERIOD: '0' });
     const user = fresh('quota');
-    for (let i = 0; i < 3; i++) node.clock.advance(2000), await check({ user_id: user });
+    for (let i = 0; i < 3; i++) {
+      node.clock.advance(2000);
+      await check({ user_id: user });
+    }
     expect(await check({ user_id: user })).toMatchObject({ allowed: false, code: 'QUOTA_EXCEEDED' });
     const reset = await admin('POST', `/admin/users/${user}/quota/reset`);
     expect(reset.status).toBe(200);

@@ -7,6 +7,8 @@ import type { Database } from '../src/storage/db/database.js';
 import { migrate, MIGRATIONS, SchemaMismatchError, schemaVersion } from '../src/storage/db/migrations.js';
 import { memoryPglite, servedPglite, throwawayPostgres } from './helpers/databases.js';
 
+/** The newest migration this code knows. */
+const LAST = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 const T0 = Date.UTC(2026, 0, 15, 10, 30, 0);
 const HOUR = 3_600_000;
 
@@ -57,42 +59,44 @@ describe.each(backends)('accounts storage on $name', (backend) => {
     it('apply on a fresh database, once, even when two processes start together', async () => {
       expect(await schemaVersion(db)).toBe(0);
       const [first, second] = await Promise.all([migrate(db), migrate(db)]);
-      expect([...first.applied, ...second.applied]).toEqual([1]);
-      expect(first.version).toBe(1);
-      expect(await schemaVersion(db)).toBe(1);
-      const rows = await db.query<{ version: number; name: string }>('SELECT version, name FROM schema_migrations');
-      expect(rows.rows.map((r) => [Number(r.version), r.name])).toEqual([[1, 'accounts']]);
+      expect([...first.applied, ...second.applied].sort()).toEqual(MIGRATIONS.map((m) => m.version));
+      expect(first.version).toBe(LAST);
+      expect(await schemaVersion(db)).toBe(LAST);
+      const rows = await db.query<{ version: number; name: string }>('SELECT version, name FROM schema_migrations ORDER BY version');
+      expect(rows.rows.map((r) => [Number(r.version), r.name])).toEqual(MIGRATIONS.map((m) => [m.version, m.name]));
     });
 
     it('are idempotent', async () => {
-      expect(await migrate(db)).toEqual({ applied: [], version: 1 });
+      expect(await migrate(db)).toEqual({ applied: [], version: LAST });
     });
 
     it('apply a later migration, and then refuse older code naming both versions', async () => {
-      const later = [...MIGRATIONS, { version: 2, name: 'later_feature', sql: 'CREATE TABLE later_feature (x integer); CREATE INDEX later_feature_x ON later_feature (x)' }];
-      expect(await migrate(db, later)).toEqual({ applied: [2], version: 2 });
+      const later = [...MIGRATIONS, { version: LAST + 1, name: 'later_feature', sql: 'CREATE TABLE later_feature (x integer); CREATE INDEX later_feature_x ON later_feature (x)' }];
+      expect(await migrate(db, later)).toEqual({ applied: [LAST + 1], version: LAST + 1 });
       const refused = await migrate(db).catch((e: unknown) => e);
       expect(refused).toBeInstanceOf(SchemaMismatchError);
-      expect((refused as Error).message).toMatch(/schema is at version 2 \(later_feature\).*knows migrations up to version 1/);
+      expect((refused as Error).message).toMatch(new RegExp(`schema is at version ${LAST + 1} \\(later_feature\\).*knows migrations up to version ${LAST}`));
       // Nothing changed by the refusal.
-      expect(await schemaVersion(db)).toBe(2);
+      expect(await schemaVersion(db)).toBe(LAST + 1);
       await db.query('DROP TABLE later_feature');
-      await db.query('DELETE FROM schema_migrations WHERE version = 2');
+      await db.query(`DELETE FROM schema_migrations WHERE version = ${LAST + 1}`);
     });
 
     it('refuse a version applied under another name, or a gap below the newest', async () => {
-      await expect(migrate(db, [{ ...MIGRATIONS[0]!, name: 'something_else' }])).rejects.toThrow(/applied as "accounts".*names it "something_else"/);
-      await db.query("INSERT INTO schema_migrations (version, name) VALUES (3, 'three')");
-      const withGap = [...MIGRATIONS, { version: 2, name: 'two', sql: 'SELECT 1' }, { version: 3, name: 'three', sql: 'SELECT 1' }];
-      await expect(migrate(db, withGap)).rejects.toThrow(/migration 2 \(two\) is missing although version 3 is applied/);
-      await db.query('DELETE FROM schema_migrations WHERE version = 3');
-      expect(await migrate(db)).toEqual({ applied: [], version: 1 });
+      await expect(migrate(db, [...MIGRATIONS.slice(0, -1), { ...MIGRATIONS[LAST - 1]!, name: 'something_else' }])).rejects.toThrow(
+        new RegExp(`applied as "${MIGRATIONS[LAST - 1]!.name}".*names it "something_else"`),
+      );
+      await db.query(`INSERT INTO schema_migrations (version, name) VALUES (${LAST + 2}, 'three')`);
+      const withGap = [...MIGRATIONS, { version: LAST + 1, name: 'two', sql: 'SELECT 1' }, { version: LAST + 2, name: 'three', sql: 'SELECT 1' }];
+      await expect(migrate(db, withGap)).rejects.toThrow(new RegExp(`migration ${LAST + 1} \\(two\\) is missing although version ${LAST + 2} is applied`));
+      await db.query(`DELETE FROM schema_migrations WHERE version = ${LAST + 2}`);
+      expect(await migrate(db)).toEqual({ applied: [], version: LAST });
     });
 
     it('roll a failing migration back entirely', async () => {
-      const broken = [...MIGRATIONS, { version: 2, name: 'broken', sql: 'CREATE TABLE half_made (x integer); SELECT no_such_column FROM half_made' }];
+      const broken = [...MIGRATIONS, { version: LAST + 1, name: 'broken', sql: 'CREATE TABLE half_made (x integer); SELECT no_such_column FROM half_made' }];
       await expect(migrate(db, broken)).rejects.toThrow();
-      expect(await schemaVersion(db)).toBe(1);
+      expect(await schemaVersion(db)).toBe(LAST);
       const table = await db.query<{ present: boolean }>("SELECT to_regclass('half_made') IS NOT NULL AS present");
       expect(table.rows[0]!.present).toBe(false);
     });

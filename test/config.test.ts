@@ -77,7 +77,7 @@ describe('configuration', () => {
     expect(config.redis).toMatchObject({ endpoint: '127.0.0.1:6390', database: 3, password: 'pw', connection_pool_size: 4, connection_timeout: 2 });
     expect(config.quota_management).toEqual({ enabled: false, overage_handling: 'throttle', reset_interval: 3600, grace_period: 0 });
     expect(config.api_key_management).toMatchObject({ enabled: false, generation_enabled: false, validation_enabled: false, rotation_enabled: false });
-    expect(config.usage_analytics).toEqual({ enabled: false, pattern_analysis_enabled: false, reporting_enabled: false, retention_days: 30 });
+    expect(config.usage_analytics).toMatchObject({ enabled: false, pattern_analysis_enabled: false, reporting_enabled: false, retention_days: 30 });
     expect(config.monitoring).toMatchObject({
       api_gateway_endpoint: 'http://127.0.0.1:8000', sql_database_endpoint: '127.0.0.1:5432', redis_endpoint: '127.0.0.1:6390',
       custom_metrics_endpoint: 'http://127.0.0.1:9091',
@@ -132,6 +132,12 @@ describe('configuration', () => {
     expect(problemsOf({ REDIS_ENDPOINT: 'a:1,b:2' })[0]).toMatch(/several addresses need redis.topology/);
     expect(problemsOf({ REDIS_ENDPOINT: 'redis://x y' })[0]).toMatch(/not a host:port list/);
     expect(problemsOf({ REDIS_ENDPOINT: 'a:1,b:2', REDIS_TOPOLOGY: 'cluster', REDIS_SYNC_INTERVAL_MS: '100' })).toEqual([]);
+    expect(problemsOf({ CUSTOM_METRICS_ENDPOINT: 'pushgateway:9091' })).toEqual([
+      'monitoring.custom_metrics_endpoint (CUSTOM_METRICS_ENDPOINT): not an http(s) URL of a Pushgateway: "pushgateway:9091"',
+    ]);
+    expect(problemsOf({ CUSTOM_METRICS_ENDPOINT: 'http://127.0.0.1:9091', CUSTOM_METRICS_PUSH_INTERVAL: '0' })).toEqual([
+      'monitoring.push_interval_seconds (CUSTOM_METRICS_PUSH_INTERVAL): must be at least 1, got 0',
+    ]);
     expect(loadConfig({ REDIS_ENDPOINT: 'redis:6379' }, EMPTY_DIR).config.redis).toMatchObject({ topology: 'standalone', sync_interval_ms: 100 });
   });
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DatabaseUnavailableError, isUnavailable } from '../src/storage/db/errors.js';
-import { migrate } from '../src/storage/db/migrations.js';
+import { MIGRATIONS, migrate } from '../src/storage/db/migrations.js';
 import { openPglite } from '../src/storage/db/pglite.js';
 import { openPostgres } from '../src/storage/db/postgres.js';
 import { LOCAL_POSTGRES, postgresSettings, throwawayPostgres } from './helpers/databases.js';
@@ -140,12 +140,12 @@ describe('availability errors', () => {
     const dir = mkdtempSync(join(tmpdir(), 'rl-pglite-'));
     try {
       const first = await openPglite(join(dir, 'data'));
-      expect(await migrate(first)).toEqual({ applied: [1], version: 1 });
+      expect(await migrate(first)).toEqual({ applied: MIGRATIONS.map((m) => m.version), version: MIGRATIONS.length });
       await first.query("INSERT INTO users (user_id, tier) VALUES ('kept', 'basic')");
       await first.close();
       const again = await openPglite(join(dir, 'data'));
       try {
-        expect(await migrate(again)).toEqual({ applied: [], version: 1 });
+        expect(await migrate(again)).toEqual({ applied: [], version: MIGRATIONS.length });
         expect((await again.query('SELECT user_id FROM users')).rows).toEqual([{ user_id: 'kept' }]);
       } finally {
         await again.close();

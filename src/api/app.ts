@@ -10,6 +10,7 @@ import { registerHealthRoutes, type NodeStatus } from './routes/health.js';
 import { registerTestRoutes } from './routes/test-scenarios.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerKeyRoutes } from './routes/keys.js';
+import { registerAnalyticsRoutes } from './routes/analytics.js';
 import type { KeyResolver } from '../accounts/key-cache.js';
 import type { UserDirectory } from '../accounts/user-directory.js';
 import type { InvalidationBus } from '../accounts/invalidation.js';
@@ -96,10 +97,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         rotationOverlapSeconds: config.api_key_management.rotation_overlap_seconds,
       },
     });
+    registerAnalyticsRoutes(app, { db: accounts.db, users: deps.users, config, tiers: deps.tiers.names, clock: deps.clock });
   } else {
-    app.all('/admin/*', async () => {
+    const noDatabase = async () => {
       throw new ApiError('SERVICE_UNAVAILABLE', 'this process runs without an account database');
-    });
+    };
+    app.all('/admin/*', noDatabase);
+    app.get('/rate-limiting/analytics', noDatabase);
+    app.get('/rate-limiting/analytics/*', noDatabase);
+    app.get('/rate-limiting/reports/*', noDatabase);
   }
   await app.ready();
   return app;

@@ -5,6 +5,7 @@ import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
 import { PGLITE_SOCKET_ENV, startPrimaryDatabase } from '../storage/db/node-database.js';
 import { IPC_INVALIDATE } from '../accounts/invalidation-transports.js';
+import { PushGateway } from '../observability/pushgateway.js';
 
 /** IPC between the primary and its workers. */
 export type PrimaryMessage =
@@ -35,6 +36,17 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
     process.exit(3);
   });
   const aggregator = new AggregatorRegistry();
+  let pushgateway: PushGateway | null = null;
+  if (config.monitoring.custom_metrics_endpoint !== '') {
+    pushgateway = new PushGateway({
+      endpoint: config.monitoring.custom_metrics_endpoint,
+      job: 'rate_limiting',
+      instance: nodeId,
+      intervalMs: config.monitoring.push_interval_seconds * 1000,
+      text: async () => ({ body: await aggregator.clusterMetrics(), contentType: aggregator.contentType }),
+      logger: log,
+    });
+  }
   const localSecret = randomBytes(24).toString('hex');
   const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number }>();
   let stopping = false;
@@ -80,10 +92,15 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
       ? `node primary started; counters are written behind to Redis every ${config.redis.sync_interval_ms} ms`
       : 'node primary started; durability OFF: no REDIS_ENDPOINT configured, counters live in memory only and are lost on restart',
   );
+  if (pushgateway !== null) {
+    log.info({ url: pushgateway.url, interval_s: config.monitoring.push_interval_seconds }, 'pushing node metrics to the Pushgateway');
+    pushgateway.start();
+  }
 
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
+    pushgateway?.stop();
     log.info({ signal }, 'draining workers');
     const exits = [...byIndex.values()].map(
       ({ worker }) =>

@@ -21,9 +21,12 @@ export function defaultConfig(): DefaultConfig {
     },
     quota_management: { enabled: true, overage_handling: 'block', reset_interval: 86400, grace_period: 300 },
     api_key_management: { enabled: true, generation_enabled: true, validation_enabled: true, rotation_enabled: true, rotation_overlap_seconds: 86_400 },
-    usage_analytics: { enabled: true, pattern_analysis_enabled: true, reporting_enabled: true, retention_days: 90 },
+    usage_analytics: {
+      enabled: true, pattern_analysis_enabled: true, reporting_enabled: true, retention_days: 90,
+      minute_retention_hours: 48, flush_interval_ms: 5000, max_buffered_rows: 200_000, hold_open_minute: true,
+    },
     performance: { memory_limit_gb: 1, cpu_cores: 2, log_level: 'INFO' },
-    monitoring: { api_gateway_endpoint: '', sql_database_endpoint: '', redis_endpoint: '', custom_metrics_endpoint: '' },
+    monitoring: { api_gateway_endpoint: '', sql_database_endpoint: '', redis_endpoint: '', custom_metrics_endpoint: '', push_interval_seconds: 15 },
     database: {
       name: 'rate_limiting', user: 'postgres', password: '', ssl: false, pool_size: 10, connection_timeout: 5, statement_timeout: 5,
       pglite_dir: '',

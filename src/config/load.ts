@@ -277,6 +277,10 @@ function checkRelations(config: Config, problems: string[]): void {
   if (config.service.port + config.cluster.peer_port_offset + config.service.workers > 65_535) {
     problems.push('cluster.peer_port_offset (CLUSTER_PEER_PORT_OFFSET): API port + offset + workers exceeds 65535');
   }
+  const push = config.monitoring.custom_metrics_endpoint;
+  if (push !== '' && !/^https?:\/\/[^\s/]+(\/\S*)?$/.test(push)) {
+    problems.push(`monitoring.custom_metrics_endpoint (CUSTOM_METRICS_ENDPOINT): not an http(s) URL of a Pushgateway: ${JSON.stringify(push)}`);
+  }
   const redisAlias = config.monitoring.redis_endpoint;
   if (redisAlias !== '' && config.redis.endpoint !== '' && redisAlias !== config.redis.endpoint) {
     problems.push(`monitoring.redis_endpoint: differs from redis.endpoint (${config.redis.endpoint}); set one of them`);

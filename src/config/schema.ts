@@ -66,6 +66,16 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     pattern_analysis_enabled: { type: 'bool', env: 'USAGE_PATTERN_ANALYSIS_ENABLED', doc: 'flag unusual usage' },
     reporting_enabled: { type: 'bool', env: 'USAGE_REPORTING_ENABLED', doc: 'serve usage reports' },
     retention_days: { type: 'int', min: 1, max: 36_500, env: 'USAGE_RETENTION_DAYS', doc: 'days hour and day rollups are kept' },
+    minute_retention_hours: { type: 'int', min: 1, max: 8_760, env: 'USAGE_MINUTE_RETENTION_HOURS', doc: 'hours per-minute rows are kept' },
+    flush_interval_ms: { type: 'int', min: 50, max: 600_000, env: 'USAGE_FLUSH_INTERVAL_MS', doc: 'how often a worker writes its usage aggregates' },
+    max_buffered_rows: {
+      type: 'int', min: 100, max: 10_000_000, env: 'USAGE_MAX_BUFFERED_ROWS',
+      doc: 'usage rows a worker keeps while the database is away; beyond, the oldest are dropped and counted',
+    },
+    hold_open_minute: {
+      type: 'bool', env: 'USAGE_HOLD_OPEN_MINUTE',
+      doc: 'write each minute once, after it ends (analytics lag up to a minute); false writes the current minute at every flush',
+    },
   },
   performance: {
     memory_limit_gb: { type: 'number', min: 0, exclusiveMin: true, max: 1024, env: 'RATE_LIMITING_API_MEMORY_GB', doc: 'memory budget of a node' },
@@ -80,6 +90,7 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     sql_database_endpoint: { type: 'string', maxLength: 1000, env: 'SQL_DATABASE_ENDPOINT', doc: 'host:port of PostgreSQL; empty = embedded PGlite' },
     redis_endpoint: { type: 'string', maxLength: 1000, env: 'REDIS_ENDPOINT', doc: 'alias of redis.endpoint (the seed lists it twice)' },
     custom_metrics_endpoint: { type: 'string', maxLength: 1000, env: 'CUSTOM_METRICS_ENDPOINT', doc: 'Prometheus Pushgateway URL' },
+    push_interval_seconds: { type: 'int', min: 1, max: 3600, env: 'CUSTOM_METRICS_PUSH_INTERVAL', doc: 'how often node metrics are pushed to the Pushgateway' },
   },
   database: {
     name: { type: 'string', maxLength: 63, env: 'SQL_DATABASE_NAME', doc: 'PostgreSQL database (with SQL_DATABASE_ENDPOINT)' },

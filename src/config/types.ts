@@ -62,6 +62,10 @@ export interface Config {
     pattern_analysis_enabled: boolean;
     reporting_enabled: boolean;
     retention_days: number;
+    minute_retention_hours: number;
+    flush_interval_ms: number;
+    max_buffered_rows: number;
+    hold_open_minute: boolean;
   };
   performance: {
     memory_limit_gb: number;
@@ -73,6 +77,7 @@ export interface Config {
     sql_database_endpoint: string;
     redis_endpoint: string;
     custom_metrics_endpoint: string;
+    push_interval_seconds: number;
   };
   database: {
     name: string;

@@ -18,6 +18,8 @@ export interface CheckInput {
   tier?: string | undefined;
   /** Integer ≥ 0; 0 is a peek. */
   cost: number;
+  /** The API key the check came with (its id), for usage history. */
+  keyId?: string | undefined;
 }
 
 /**
@@ -64,6 +66,13 @@ export interface DeciderDeps {
   reconciler: Reconciler | null;
   /** The ring; null when this process is the only decider. */
   cluster: ClusterView | null;
+  /** Usage history: told about every counted decision (absent when analytics are off). */
+  usage?: UsageSink | null;
+}
+
+/** Takes every counted decision for usage history; must not block or throw. */
+export interface UsageSink {
+  record(outcome: CheckOutcome, cost: number, keyId: string | null): void;
 }
 
 /**
@@ -128,13 +137,13 @@ export class Decider {
     const started = performance.now();
     const now = this.deps.clock();
     const found = this.deps.users.limitsFor(input.userId, input.tier);
-    const done = (f: UserLimitsResult): CheckOutcome => this.finish(refusal(input.userId, f.limits, code, now), started, options?.count !== false);
+    const done = (f: UserLimitsResult): CheckOutcome => this.finish(refusal(input.userId, f.limits, code, now), started, options?.count !== false, input);
     return found instanceof Promise ? found.then(done) : done(found);
   }
 
   private checkWith(input: CheckInput, found: UserLimitsResult, now: number, started: number, count: boolean): CheckOutcome | Promise<CheckOutcome> {
     const limits = found.limits;
-    if (found.disabled) return this.finish(refusal(input.userId, limits, 'USER_DISABLED', now), started, count);
+    if (found.disabled) return this.finish(refusal(input.userId, limits, 'USER_DISABLED', now), started, count, input);
     if (this.deps.mode === 'redis') return this.decideInRedis(input, limits, now, started, count);
     const route = this.deps.cluster?.route(input.userId);
     if (route === undefined || route.kind === 'self') return this.decideOwned(input, limits, now, started, count);
@@ -144,7 +153,7 @@ export class Decider {
         const outcome = fromWire(input.userId, result);
         if (outcome.path === 'local') outcome.path = 'forwarded';
         outcome.limits = limits;
-        return this.finish(outcome, started, count);
+        return this.finish(outcome, started, count, input);
       },
       (err: Error) => {
         this.deps.cluster!.suspect(route.member.id, err.message);
@@ -205,11 +214,11 @@ export class Decider {
     const entry = shard.get(input.userId);
     if (entry !== undefined && (entry.epoch === shard.epoch || this.deps.reconciler === null)) {
       const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
-      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory' }, started, count);
+      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory' }, started, count, input);
     }
     if (entry === undefined && this.deps.redis === null) {
       const decision = shard.decide(input.userId, limits, input.cost, now);
-      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory' }, started, count);
+      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory' }, started, count, input);
     }
     return this.prepareThenDecide(input, limits, now, started, count);
   }
@@ -233,7 +242,7 @@ export class Decider {
       shard.insert(input.userId, entry);
     }
     const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
-    return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: source }, started, count);
+    return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: source }, started, count, input);
   }
 
   /** Re-reads an entry from an older epoch: flush its changes, adopt what others added. */
@@ -287,12 +296,12 @@ export class Decider {
     if (redis !== null && redis.connection.connected) {
       try {
         const decision = await redis.scripts.decide(input.userId, limits, input.cost, now);
-        return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'redis' }, started, count);
+        return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'redis' }, started, count, input);
       } catch {
         // fall through to the policy
       }
     }
-    return this.finish(this.fallbackDecision(input, limits, now), started, count);
+    return this.finish(this.fallbackDecision(input, limits, now), started, count, input);
   }
 
   /** Neither this process's memory nor Redis can decide: the configured policy does. */
@@ -312,13 +321,14 @@ export class Decider {
     return { userId: input.userId, tier: limits.tier, limits, decision, path: 'fallback' };
   }
 
-  private finish(outcome: CheckOutcome, started: number, count: boolean): CheckOutcome {
+  private finish(outcome: CheckOutcome, started: number, count: boolean, input: CheckInput): CheckOutcome {
     if (!count) return outcome;
-    const { metrics, sli } = this.deps;
+    const { metrics, sli, usage } = this.deps;
     const ms = performance.now() - started;
     metrics.countDecision(outcome.tier, outcome.decision.allowed, outcome.decision.code, outcome.path);
     metrics.decisionSeconds.observe(ms / 1000);
     sli.record(ms, outcome.decision.now);
+    usage?.record(outcome, input.cost, input.keyId ?? null);
     return outcome;
   }
 }

@@ -88,6 +88,7 @@ export class Metrics {
     name: 'rate_limiting_sync_lag_seconds',
     help: 'Age of the oldest change in memory that Redis has not seen yet',
     registers: [this.registry],
+    aggregator: 'max',
   });
 
   readonly syncPendingUsers = new Gauge({
@@ -196,6 +197,40 @@ export class Metrics {
     name: 'rate_limiting_stale_refreshes_total',
     help: 'Users re-read from Redis before deciding again after an epoch bump, by result',
     labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  // --- Usage history (src/analytics) ---
+  readonly usageBufferedRows = new Gauge({
+    name: 'rate_limiting_usage_buffered_rows',
+    help: 'Usage aggregates (user, key, tier, minute) in memory waiting to be written to the database',
+    registers: [this.registry],
+  });
+
+  readonly usageLag = new Gauge({
+    name: 'rate_limiting_usage_recording_lag_seconds',
+    help: 'Age of the oldest usage aggregate not yet written to the database',
+    registers: [this.registry],
+    aggregator: 'max',
+  });
+
+  readonly usageDropped = new Counter({
+    name: 'rate_limiting_usage_dropped_total',
+    help: 'Decisions whose usage was dropped because too much waited for the database',
+    registers: [this.registry],
+  });
+
+  readonly usageFlushes = new Counter({
+    name: 'rate_limiting_usage_flushes_total',
+    help: 'Usage writes to the database, by result (failed writes are kept and retried)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly usageRetentionDeleted = new Counter({
+    name: 'rate_limiting_usage_retention_deleted_rows_total',
+    help: 'Usage rows deleted by the retention job, by table',
+    labelNames: ['table'] as const,
     registers: [this.registry],
   });
 

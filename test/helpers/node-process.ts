@@ -77,7 +77,7 @@ export async function startNodeProcess(env: Record<string, string> = {}, options
   return handle;
 }
 
-async function waitForHealth(node: NodeProcess, timeoutMs = 20_000): Promise<void> {
+async function waitForHealth(node: NodeProcess, timeoutMs = 45_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let exitCode: number | null | undefined;
   void node.exited.then((code) => (exitCode = code));

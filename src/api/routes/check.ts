@@ -29,8 +29,8 @@ function decideBody(deps: AppDeps, body: CheckBody, field: string): CheckOutcome
     const found = accounts.keys.resolve(body.api_key);
     const go = (key: KeyCheck): CheckOutcome | Promise<CheckOutcome> =>
       key.code === 'valid'
-        ? decider.check({ userId: key.userId!, tier: undefined, cost })
-        : decider.refuse({ ...asGiven, userId: key.userId ?? asGiven.userId }, key.code);
+        ? decider.check({ userId: key.userId!, tier: undefined, cost, keyId: key.keyId ?? undefined })
+        : decider.refuse({ ...asGiven, userId: key.userId ?? asGiven.userId, keyId: key.keyId ?? undefined }, key.code);
     return found instanceof Promise ? found.then(go) : go(found);
   }
   if (body.user_id === undefined) {

@@ -15,6 +15,35 @@ export interface Migration {
   sql: string;
 }
 
+/** The usage tables of one granularity (migration 2): additive counters per bucket, user, key and tier. */
+function usageTable(name: string): string {
+  return `
+      CREATE TABLE ${name} (
+        bucket              timestamptz NOT NULL,
+        user_id             text NOT NULL,
+        key_id              text NOT NULL DEFAULT '',
+        tier                text NOT NULL,
+        requests            bigint NOT NULL DEFAULT 0,
+        allowed             bigint NOT NULL DEFAULT 0,
+        denied              bigint NOT NULL DEFAULT 0,
+        cost                bigint NOT NULL DEFAULT 0,
+        overage             bigint NOT NULL DEFAULT 0,
+        grace               bigint NOT NULL DEFAULT 0,
+        denied_rate_limited bigint NOT NULL DEFAULT 0,
+        denied_quota        bigint NOT NULL DEFAULT 0,
+        denied_key          bigint NOT NULL DEFAULT 0,
+        denied_disabled     bigint NOT NULL DEFAULT 0,
+        denied_unavailable  bigint NOT NULL DEFAULT 0,
+        limited_burst       bigint NOT NULL DEFAULT 0,
+        limited_minute      bigint NOT NULL DEFAULT 0,
+        limited_hour        bigint NOT NULL DEFAULT 0,
+        limited_day         bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (bucket, user_id, key_id, tier)
+      );
+      CREATE INDEX ${name}_user ON ${name} (user_id, bucket);
+      CREATE INDEX ${name}_tier ON ${name} (tier, bucket);`;
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -80,6 +109,13 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: 'usage',
+    // Usage history: each worker adds its per-minute aggregates to all three tables in one
+    // transaction (src/analytics), so hour and day rows always equal the sum of their minutes.
+    sql: usageTable('usage_minute') + usageTable('usage_hour') + usageTable('usage_day'),
+  }
 ];
 
 /** The database holds a schema this code does not know: refuse to start rather than misuse it. */

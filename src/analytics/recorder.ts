@@ -1,0 +1,284 @@
+/**
+ * Usage recording without slowing decisions: every decision adds to an in-memory
+ * aggregate per minute, user, key and tier (a map lookup and a few increments), and every
+ * few seconds the aggregates are written with additive upserts to usage_minute,
+ * usage_hour and usage_day in one statement, so any number of workers and nodes can
+ * write the same rows and the hour and day rows always equal the sum of their minutes.
+ *
+ * With holdOpenMinute (the default) a flush writes only minutes that have ended, so a
+ * busy user's minute row is written once rather than at every flush: the database work
+ * is one row per active user and minute, whatever the request rate.
+ *
+ * While the database is away, aggregates are kept and retried, up to `maxRows`; past that
+ * the oldest buckets are dropped and counted (rate_limiting_usage_dropped_total). There is
+ * no database write per request.
+ */
+import type { CheckOutcome } from '../node/decider.js';
+import type { Decision } from '../node/engine.js';
+import type { Logger } from '../observability/logger.js';
+import type { Database, Queryable } from '../storage/db/database.js';
+import { COUNTERS, DAY_MS, HOUR_MS, INDEX, MINUTE_MS, addCounts, newCounts, type UsageRow } from './usage-row.js';
+
+export interface RecorderMetrics {
+  buffered(rows: number): void;
+  lagSeconds(seconds: number): void;
+  dropped(requests: number): void;
+  flushed(ok: boolean): void;
+}
+
+export interface UsageRecorderOptions {
+  db: Database;
+  clock: () => number;
+  logger: Logger;
+  metrics: RecorderMetrics;
+  /** Rows kept while the database is away (and between flushes). */
+  maxRows: number;
+  /**
+   * Keep the current minute in memory until it ends, so each minute row is written once
+   * (usage_analytics.hold_open_minute). Rows of ended minutes are written at every flush.
+   */
+  holdOpenMinute?: boolean;
+}
+
+const DENIED_BY_CODE: Record<string, number> = {
+  RATE_LIMITED: INDEX.denied_rate_limited,
+  QUOTA_EXCEEDED: INDEX.denied_quota,
+  INVALID_KEY: INDEX.denied_key,
+  KEY_EXPIRED: INDEX.denied_key,
+  KEY_REVOKED: INDEX.denied_key,
+  KEY_STORE_UNAVAILABLE: INDEX.denied_key,
+  USER_DISABLED: INDEX.denied_disabled,
+  UNAVAILABLE: INDEX.denied_unavailable,
+};
+const LIMITED_BY: Record<string, number> = {
+  burst: INDEX.limited_burst,
+  minute: INDEX.limited_minute,
+  hour: INDEX.limited_hour,
+  day: INDEX.limited_day,
+};
+
+/**
+ * Rows per statement. A batch fits one statement unless the database was away for long;
+ * statements of one batch run in one transaction.
+ */
+const ROWS_PER_STATEMENT = 50_000;
+
+/**
+ * The units of an admitted check that lie beyond the quota: a check of cost 7 admitted at
+ * 18 of 20 used is 5 units of overage, not 7. (Without the limits, the whole cost.)
+ */
+function beyondQuota(d: Decision, cost: number): number {
+  const quota = d.limits?.day?.limit;
+  if (quota === undefined) return cost;
+  return Math.min(cost, Math.max(0, d.quotaUsed - quota));
+}
+
+export class UsageRecorder {
+  private rows = new Map<string, UsageRow>();
+  /**
+   * Each user's most recent row, by user id alone: the common case (same minute, key and
+   * tier as the user's previous decision) then needs no composite key. Only rows still in
+   * `rows` are here.
+   */
+  private latest = new Map<string, UsageRow>();
+  private timer: NodeJS.Timeout | null = null;
+  private flushing: Promise<boolean> | null = null;
+  private droppedRequests = 0;
+
+  constructor(private readonly options: UsageRecorderOptions) {}
+
+  /** Adds one decision. Called once per decision on the request path. */
+  record(outcome: CheckOutcome, cost: number, keyId: string | null): void {
+    const d = outcome.decision;
+    const bucket = d.now - (d.now % MINUTE_MS);
+    const key = keyId ?? '';
+    let row = this.latest.get(outcome.userId);
+    if (row === undefined || row.bucket !== bucket || row.keyId !== key || row.tier !== outcome.tier) {
+      const id = rowId(bucket, outcome.userId, key, outcome.tier);
+      row = this.rows.get(id);
+      if (row === undefined) {
+        if (this.rows.size >= this.options.maxRows) this.dropOldest();
+        row = { bucket, userId: outcome.userId, keyId: key, tier: outcome.tier, counts: newCounts() };
+        this.rows.set(id, row);
+      }
+      this.latest.set(outcome.userId, row);
+    }
+    const c = row.counts;
+    c[INDEX.requests]!++;
+    if (d.allowed) {
+      c[INDEX.allowed]!++;
+      c[INDEX.cost]! += cost;
+      if (d.code === 'OVERAGE') c[INDEX.overage]! += beyondQuota(d, cost);
+      else if (d.code === 'GRACE') c[INDEX.grace]! += beyondQuota(d, cost);
+    } else {
+      c[INDEX.denied]!++;
+      const byCode = DENIED_BY_CODE[d.code];
+      if (byCode !== undefined) c[byCode]!++;
+      const byLimit = d.limitedBy === null ? undefined : LIMITED_BY[d.limitedBy];
+      if (byLimit !== undefined) c[byLimit]!++;
+    }
+  }
+
+  get bufferedRows(): number {
+    return this.rows.size;
+  }
+
+  /** Requests whose usage was dropped because too much waited for the database. */
+  get dropped(): number {
+    return this.droppedRequests;
+  }
+
+  start(intervalMs: number): void {
+    this.timer ??= setInterval(() => void this.flush(), intervalMs);
+    this.timer.unref();
+  }
+
+  /** Stops the timer and writes everything, the current minute too (at shutdown, before the database closes). */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.flushing;
+    await this.flush({ all: true });
+  }
+
+  /**
+   * Writes the aggregates due: ended minutes, and the current one too with `all`, without
+   * holdOpenMinute, or when the buffer is half full. True when it succeeded (or there was
+   * nothing to write). Overlapping calls share one write.
+   */
+  flush(options: { all?: boolean } = {}): Promise<boolean> {
+    this.flushing ??= this.write(options.all === true).finally(() => (this.flushing = null));
+    return this.flushing;
+  }
+
+  private async write(all: boolean): Promise<boolean> {
+    const { metrics, clock } = this.options;
+    const now = clock();
+    this.report(now);
+    if (this.rows.size === 0) return true;
+    let batch: Map<string, UsageRow>;
+    if (all || this.options.holdOpenMinute !== true || this.rows.size * 2 >= this.options.maxRows) {
+      batch = this.rows;
+      this.rows = new Map();
+      this.latest = new Map();
+    } else {
+      const openMinute = now - (now % MINUTE_MS);
+      batch = new Map();
+      for (const [id, row] of this.rows) {
+        if (row.bucket >= openMinute) continue;
+        batch.set(id, row);
+        this.rows.delete(id);
+        this.forget(row);
+      }
+      if (batch.size === 0) return true;
+    }
+    try {
+      const rows = [...batch.values()].sort(byKey);
+      if (rows.length <= ROWS_PER_STATEMENT) await writeRows(this.options.db, rows);
+      else await this.options.db.transaction((tx) => writeRows(tx, rows));
+      metrics.flushed(true);
+      this.report(clock());
+      return true;
+    } catch (err) {
+      // Put the batch back in front of what came since (counters add up), within the bound.
+      for (const [id, row] of batch) {
+        const newer = this.rows.get(id);
+        if (newer) addCounts(newer.counts, row.counts);
+        else this.rows.set(id, row);
+      }
+      while (this.rows.size > this.options.maxRows) this.dropOldest();
+      metrics.flushed(false);
+      this.options.logger.warn({ err: (err as Error).message, rows: this.rows.size }, 'usage not written; kept for the next attempt');
+      this.report(clock());
+      return false;
+    }
+  }
+
+  private forget(row: UsageRow): void {
+    if (this.latest.get(row.userId) === row) this.latest.delete(row.userId);
+  }
+
+  /** Drops the oldest bucket's rows (counted), to stay within the bound. */
+  private dropOldest(): void {
+    let oldest = Infinity;
+    for (const row of this.rows.values()) if (row.bucket < oldest) oldest = row.bucket;
+    for (const [id, row] of this.rows) {
+      if (row.bucket !== oldest) continue;
+      this.rows.delete(id);
+      this.forget(row);
+      const requests = row.counts[INDEX.requests]!;
+      this.droppedRequests += requests;
+      this.options.metrics.dropped(requests);
+    }
+  }
+
+  private report(now: number): void {
+    let oldest = now;
+    for (const row of this.rows.values()) if (row.bucket < oldest) oldest = row.bucket;
+    this.options.metrics.buffered(this.rows.size);
+    this.options.metrics.lagSeconds(this.rows.size === 0 ? 0 : Math.max(0, now - oldest) / 1000);
+  }
+}
+
+function rowId(bucket: number, userId: string, keyId: string, tier: string): string {
+  return `${bucket}\u0000${userId}\u0000${keyId}\u0000${tier}`;
+}
+
+const MINUTE_COLUMNS = COUNTERS.map((_, i) => `c${i}`).join(', ');
+const SUMMED_COLUMNS = COUNTERS.map((_, i) => `sum(c${i})`).join(', ');
+const RECORD_TYPE = ['b bigint', 'u text', 'k text', 't text', ...COUNTERS.map((_, i) => `c${i} bigint`)].join(', ');
+const TARGET = `(bucket, user_id, key_id, tier, ${COUNTERS.join(', ')})`;
+const ADD = `ON CONFLICT (bucket, user_id, key_id, tier) DO UPDATE SET ${COUNTERS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(', ')}`;
+const OVERAGE = `c${INDEX.overage}`;
+
+/** Epoch ms `b` floored to `ms` as a timestamptz (integer arithmetic: no time zone involved). */
+const floorTo = (ms: number) => `to_timestamp(((b / ${ms}) * ${ms}) / 1000.0)`;
+
+/**
+ * One statement writes a batch to all three tables and overage_daily: the rows travel as
+ * one JSON parameter, PostgreSQL rolls them up into hours and days. Rows are inserted in
+ * key order, so concurrent writers take row locks in one order and do not deadlock (if a
+ * deadlock did happen, the batch is kept and written by the next flush).
+ */
+const WRITE_SQL = `
+WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(${RECORD_TYPE})),
+m AS (
+  INSERT INTO usage_minute AS t ${TARGET}
+  SELECT to_timestamp(b / 1000.0), u, k, t, ${MINUTE_COLUMNS} FROM r ORDER BY b, u COLLATE "C", k COLLATE "C", t COLLATE "C"
+  ${ADD}
+),
+h AS (
+  INSERT INTO usage_hour AS t ${TARGET}
+  SELECT ${floorTo(HOUR_MS)}, u, k, t, ${SUMMED_COLUMNS} FROM r GROUP BY 1, u, k, t ORDER BY 1, u COLLATE "C", k COLLATE "C", t COLLATE "C"
+  ${ADD}
+),
+d AS (
+  INSERT INTO usage_day AS t ${TARGET}
+  SELECT ${floorTo(DAY_MS)}, u, k, t, ${SUMMED_COLUMNS} FROM r GROUP BY 1, u, k, t ORDER BY 1, u COLLATE "C", k COLLATE "C", t COLLATE "C"
+  ${ADD}
+)
+INSERT INTO overage_daily AS o (user_id, day, units)
+SELECT u, (${floorTo(DAY_MS)} AT TIME ZONE 'UTC')::date, sum(${OVERAGE}) FROM r
+GROUP BY u, 2 HAVING sum(${OVERAGE}) > 0 ORDER BY u COLLATE "C", 2
+ON CONFLICT (user_id, day) DO UPDATE SET units = o.units + EXCLUDED.units`;
+
+/** Key order, as the statement's ORDER BY (byte order, COLLATE "C"). */
+function byKey(a: UsageRow, b: UsageRow): number {
+  return a.bucket - b.bucket || compare(a.userId, b.userId) || compare(a.keyId, b.keyId) || compare(a.tier, b.tier);
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Writes `rows` (distinct keys) in statements of at most ROWS_PER_STATEMENT rows. */
+async function writeRows(tx: Queryable, rows: UsageRow[]): Promise<void> {
+  for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) {
+    const chunk = rows.slice(start, start + ROWS_PER_STATEMENT).map((row) => {
+      const record: Record<string, number | string> = { b: row.bucket, u: row.userId, k: row.keyId, t: row.tier };
+      for (let i = 0; i < COUNTERS.length; i++) record[`c${i}`] = row.counts[i]!;
+      return record;
+    });
+    await tx.query(WRITE_SQL, [JSON.stringify(chunk)]);
+  }
+}
