@@ -6,7 +6,10 @@
  *   reload. If the database cannot answer, the entry is kept and served: known keys and
  *   users keep working through a database outage.
  * - Absent entries ("no such key") are remembered for `missingTtlMs`, in a separate LRU so
- *   a flood of made-up ids cannot push out the found ones.
+ *   a flood of made-up ids cannot push out the found ones. Past that, the next use still
+ *   answers "missing" from memory and starts one background re-check, so ids the store
+ *   does not hold (most users of a rate limiter) cost one lookup, not one a minute on the
+ *   request path; an invalidation ends the entry at once.
  * - Everything else waits for one load per id (concurrent callers share it); a load that
  *   fails answers `unavailable` and caches nothing.
  * - `delete` drops an entry at once (invalidation). A load that was already running when
@@ -64,8 +67,12 @@ export class RefreshingCache<V extends object> {
     }
     const until = this.missing.get(id);
     if (until !== undefined) {
-      if (now < until) return MISSING;
-      this.missing.delete(id);
+      if (now >= until && !this.loading.has(id)) {
+        // Until the re-check answers, try again only after the retry delay.
+        this.missing.set(id, now + this.options.retryAfterMs);
+        void this.load(id);
+      }
+      return MISSING;
     }
     return this.load(id);
   }
@@ -118,7 +125,10 @@ export class RefreshingCache<V extends object> {
           return MISSING;
         }
         const lookup = { state: 'found' as const, value };
-        if (current) this.found.set(id, { lookup, refreshAt: now + this.options.refreshAfterMs });
+        if (current) {
+          this.missing.delete(id);
+          this.found.set(id, { lookup, refreshAt: now + this.options.refreshAfterMs });
+        }
         return lookup;
       },
       (err: unknown): CacheLookup<V> => {
