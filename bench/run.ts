@@ -6,7 +6,7 @@
  *   throughput [--duration s] [--warmup s] [--connections n] [--rounds n] [--users n] [--only name]
  *   accuracy   [--only scenario] [--json] [--seed n]    every accuracy scenario (tens of minutes)
  *   quick      [--only scenario] [--json]               single, cluster, node-kill; small (< 3 min)
- *   compare    [--duration s] [--rounds n] [--latency s] [--only name] [--json]
+ *   compare    [--duration s] [--rounds n] [--latency-duration s] [--only name] [--json]
  *              capacity and open-loop latency beside hello-world, rate-limiter-flexible, @fastify/rate-limit
  *   scale      [--users n] [--decisions n] [--rounds n] [--json]   memory with 1M users; engine ns/decision
  *   all        (the default) throughput, accuracy, compare and scale, one after the other
@@ -64,7 +64,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<boolean>> = {
       rounds: option(args, 'rounds', 5),
       connections: option(args, 'connections', 50),
       users: option(args, 'users', 10_000),
-      latencySeconds: option(args, 'latency', 10),
+      latencySeconds: option(args, 'latency-duration', 10),
       json: args.includes('--json'),
       ...(only !== undefined ? { only } : {}),
     });

@@ -301,9 +301,9 @@ export async function compare(options: CompareOptions): Promise<boolean> {
       `Latency base: the same generator's own closed-loop saturation of that target (${options.connections} connections, ${options.durationSeconds} s), since it costs more CPU per request than ${generator} and shares the 2 cores with the server; 80 % of ${generator}'s capacity would overload the server for it.`,
     `Before the load: ${options.settleSeconds ?? 10} s of rest after all targets started. Priming: every user sent once to a target ` +
       (primeEach
-        ? `before each measured step on it (untimed). Our node looks each unknown user up in its account database on first sight and remembers the absence for 60 s; ` +
-          `priming before each step keeps those lookups (one per user per minute in steady state) out of the figures.`
-        : `once, before its warm-up; later steps include our node's re-lookup of each unknown user every 60 s.`),
+        ? `before each measured step on it (untimed). Our node looks each unknown user up in its account database on first sight (afterwards it answers from memory and re-checks in the background); ` +
+          `priming before each step keeps those first lookups out of the figures.`
+        : `once, before its warm-up; the first lookup of each unknown user falls in the warm-up.`),
     `Allowed/denied: a 429 is a denial; our service answers 200 both ways, so a 200 carrying Retry-After is counted as a denial (the body of every 50th 200 is also checked for "allowed":false).`,
     `Generator CPU: % of one core used by the load generator (for capacity, ${generator} ${generator === 'autocannon' ? 'inside the benchmark process' : 'as a child process'}); it shares the cores with the servers.`,
   ];
