@@ -5,29 +5,13 @@ import { KeyResolver } from '../src/accounts/key-cache.js';
 import { accountRepositories, type AccountRepositories } from '../src/accounts/repositories.js';
 import type { Database } from '../src/storage/db/database.js';
 import { migrate, MIGRATIONS, SchemaMismatchError, schemaVersion } from '../src/storage/db/migrations.js';
-import { memoryPglite, servedPglite, throwawayPostgres } from './helpers/databases.js';
+import { DATABASE_BACKENDS } from './helpers/databases.js';
 
 /** The newest migration this code knows. */
 const LAST = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 const T0 = Date.UTC(2026, 0, 15, 10, 30, 0);
 const HOUR = 3_600_000;
 
-interface Backend {
-  name: string;
-  open(): Promise<{ db: Database; dispose(): Promise<void> }>;
-}
-
-const backends: Backend[] = [
-  { name: 'PostgreSQL (throwaway database)', open: throwawayPostgres },
-  { name: 'PGlite in memory', open: memoryPglite },
-  {
-    name: 'PGlite served to a worker over a unix socket',
-    async open() {
-      const served = await servedPglite();
-      return { db: served.connect(), dispose: () => served.dispose() };
-    },
-  },
-];
 
 async function expectAccountError(promise: Promise<unknown>, code: string): Promise<void> {
   const err = await promise.then(
@@ -38,7 +22,7 @@ async function expectAccountError(promise: Promise<unknown>, code: string): Prom
   expect((err as AccountError).code).toBe(code);
 }
 
-describe.each(backends)('accounts storage on $name', (backend) => {
+describe.each(DATABASE_BACKENDS)('accounts storage on $name', (backend) => {
   let db: Database;
   let dispose: () => Promise<void>;
   let now = T0;

@@ -1,6 +1,6 @@
 /**
  * Every admin route through app.inject() against PGlite. The app is a bare Fastify
- * instance built like src/api/app.ts (same options and error handler), with only the
+ * instance built like src/api/app.ts (same options, its error mapping), with only the
  * admin routes registered.
  */
 import Fastify, { type FastifyError, type FastifyInstance, type LightMyRequestResponse } from 'fastify';
@@ -9,7 +9,8 @@ import { checkApiKeyFormat, hashApiKey } from '../src/accounts/api-keys.js';
 import { InProcessInvalidationBus, type InvalidationEvent } from '../src/accounts/invalidation.js';
 import { KeyResolver } from '../src/accounts/key-cache.js';
 import { accountRepositories } from '../src/accounts/repositories.js';
-import { ApiError, type ErrorBody } from '../src/api/errors.js';
+import { toErrorBody } from '../src/api/app.js';
+import type { ErrorBody } from '../src/api/errors.js';
 import { registerAdminRoutes, type AdminConfig } from '../src/api/routes/admin.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { Database } from '../src/storage/db/database.js';
@@ -19,32 +20,6 @@ import { openPglite, type PgliteDatabase } from '../src/storage/db/pglite.js';
 const TOKEN = 'test-admin-token-0123456789';
 const T0 = Date.UTC(2026, 4, 1, 8, 0, 0);
 const TIERS = ['basic', 'premium', 'enterprise'];
-
-/** What src/api/app.ts does with errors (kept in step with it by hand). */
-function toErrorBody(error: FastifyError): ErrorBody {
-  if (error instanceof ApiError) {
-    return { statusCode: error.status, error: error.code, message: error.message, ...(error.field ? { field: error.field } : {}) };
-  }
-  if (error.validation && error.validation.length > 0) {
-    const first = error.validation[0]!;
-    const missing = (first.params as { missingProperty?: string }).missingProperty;
-    const path = first.instancePath.replace(/^\//, '').replace(/\/(\d+)(?=\/|$)/g, '[$1]').replace(/\//g, '.');
-    const field = missing ? (path ? `${path}.${missing}` : missing) : path;
-    const where = error.validationContext === 'body' ? '' : `${error.validationContext} `;
-    const message = missing ? `${where}${field} is required` : `${where}${field || error.validationContext} ${first.message}`;
-    return { statusCode: 400, error: 'INVALID_FIELD', message, ...(field ? { field } : {}) };
-  }
-  switch (error.code) {
-    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-      return { statusCode: 400, error: 'INVALID_JSON', message: 'the body is empty; send a JSON object' };
-    case 'FST_ERR_CTP_INVALID_JSON_BODY':
-      return { statusCode: 400, error: 'INVALID_JSON', message: 'the body is not valid JSON' };
-  }
-  if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
-    return { statusCode: error.statusCode, error: 'BAD_REQUEST', message: error.message };
-  }
-  return { statusCode: 500, error: 'INTERNAL', message: 'internal error' };
-}
 
 interface TestApp {
   app: FastifyInstance;

@@ -15,7 +15,7 @@ import { createLogger } from '../src/observability/logger.js';
 import type { Database } from '../src/storage/db/database.js';
 import { migrate } from '../src/storage/db/migrations.js';
 import { openPostgres } from '../src/storage/db/postgres.js';
-import { LOCAL_POSTGRES, memoryPglite, postgresSettings, servedPglite, throwawayPostgres } from './helpers/databases.js';
+import { DATABASE_BACKENDS, LOCAL_POSTGRES, postgresSettings, servedPglite, throwawayPostgres } from './helpers/databases.js';
 import { freePort } from './helpers/ports.js';
 import { pick, randomInt, seededRandom } from './helpers/random.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
@@ -93,24 +93,8 @@ async function tableTotals(db: Database, table: string): Promise<Tally> {
   return Object.fromEntries(COUNTERS.map((c) => [c, Number(row[c])])) as Tally;
 }
 
-interface Backend {
-  name: string;
-  open(): Promise<{ db: Database; dispose(): Promise<void> }>;
-}
 
-const backends: Backend[] = [
-  { name: 'PostgreSQL (throwaway database)', open: throwawayPostgres },
-  { name: 'PGlite in memory', open: memoryPglite },
-  {
-    name: 'PGlite served over a unix socket',
-    async open() {
-      const served = await servedPglite();
-      return { db: served.connect(), dispose: () => served.dispose() };
-    },
-  },
-];
-
-describe.each(backends)('usage history on $name', (backend) => {
+describe.each(DATABASE_BACKENDS)('usage history on $name', (backend) => {
   let db: Database;
   let dispose: () => Promise<void>;
   const clock = { ms: T0 };

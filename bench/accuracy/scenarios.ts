@@ -12,10 +12,9 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../lib/processes.js';
+import { ROOT, freeNodePort, freePort, waitForRedis } from '../lib/processes.js';
 import type { RefLimits } from '../reference/model.js';
 import { requestBody, type TierFigures, type WindowLengths, type Workload, type WorkloadRequest } from './workloads.js';
 
@@ -115,40 +114,6 @@ function signalGroup(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
-async function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
-
-/** A free API port whose derived peer ports (API port + 1000 + worker) are free too. */
-async function freeNodePort(workers: number, taken: Set<number>): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = await freePort();
-    if (port + 1000 + workers > 65_535) continue;
-    const derived = Array.from({ length: workers }, (_, i) => port + 1000 + i);
-    if ([port, ...derived].some((p) => taken.has(p))) continue;
-    if ((await Promise.all(derived.map(portIsFree))).every(Boolean)) {
-      [port, ...derived].forEach((p) => taken.add(p));
-      return port;
-    }
-  }
-  throw new Error('no free port with free peer ports');
-}
-
 function tail(text: string, max = 4000): string {
   return text.length <= max ? text : `…${text.slice(-max)}`;
 }
@@ -178,22 +143,7 @@ export class RedisServer {
     this.child = child;
     liveGroups.add(child.pid!);
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
-    const { Redis } = await import('ioredis');
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const client = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      client.on('error', () => undefined);
-      try {
-        await client.connect();
-        await client.ping();
-        client.disconnect();
-        return;
-      } catch {
-        client.disconnect();
-        if (Date.now() > deadline) throw new Error(`redis-server did not start on ${this.port}`);
-        await sleep(50);
-      }
-    }
+    await waitForRedis(this.port);
   }
 
   /** SIGKILL: everything it held is gone. */

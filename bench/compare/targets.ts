@@ -4,8 +4,7 @@
  * our service as one node (local / redis mode) and as a 3-node cluster behind the
  * round-robin gateway of scripts/gateway.ts.
  */
-import { createServer } from 'node:net';
-import { freePort, spawnServer, startHello, type Target } from '../lib/processes.js';
+import { freeNodePort, freePort, spawnServer, startHello, type Target } from '../lib/processes.js';
 
 /** Our node's environment in every comparison target: cheap start, nothing recorded. */
 export const NODE_BASE_ENV: Record<string, string> = {
@@ -16,26 +15,6 @@ export const NODE_BASE_ENV: Record<string, string> = {
 /** Per-user limit of the peers: our default tier's per-minute figure (basic: 60 per 60 s). */
 export const PEER_POINTS = 60;
 export const PEER_WINDOW_SECONDS = 60;
-
-async function isFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
-/** A free API port whose peer ports (port + 1000 + worker) are free too. */
-export async function freeNodePort(workers: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = await freePort();
-    if (port + 1000 + workers > 65_535) continue;
-    let ok = true;
-    for (let w = 0; w < workers && ok; w++) ok = await isFree(port + 1000 + w);
-    if (ok) return port;
-  }
-  throw new Error('no free port with free peer ports');
-}
 
 /** One node of ours (`dist/src/main.js`) with `workers` workers and extra environment. */
 export async function startNode(name: string, workers: number, env: Record<string, string>, port?: number): Promise<Target> {

@@ -24,6 +24,53 @@ export async function freePort(): Promise<number> {
   });
 }
 
+async function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A free API port whose derived peer ports (API port + 1000 + worker) are free too; ports
+ * in `taken` (handed out earlier in the same run, not yet bound) are skipped and the new
+ * ones added.
+ */
+export async function freeNodePort(workers: number, taken: Set<number> = new Set()): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await freePort();
+    if (port + 1000 + workers > 65_535) continue;
+    const derived = Array.from({ length: workers }, (_, i) => port + 1000 + i);
+    if ([port, ...derived].some((p) => taken.has(p))) continue;
+    if ((await Promise.all(derived.map(portIsFree))).every(Boolean)) {
+      [port, ...derived].forEach((p) => taken.add(p));
+      return port;
+    }
+  }
+  throw new Error('no free port with free peer ports');
+}
+
+/** Waits until a redis-server answers PING on `port` (10 s at most). */
+export async function waitForRedis(port: number): Promise<void> {
+  const { Redis } = await import('ioredis');
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.ping();
+      client.disconnect();
+      return;
+    } catch {
+      client.disconnect();
+      if (Date.now() > deadline) throw new Error(`redis-server did not start on ${port}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
 /** Spawns a node script from dist/ and waits until `readyPath` answers on its port. */
 export async function spawnServer(options: {
   name: string;
@@ -101,22 +148,7 @@ export async function startRedis(): Promise<RedisProcess> {
   const port = await freePort();
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const { Redis } = await import('ioredis');
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-      await client.ping();
-      client.disconnect();
-      break;
-    } catch {
-      client.disconnect();
-      if (Date.now() > deadline) throw new Error('redis-server did not start');
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
+  await waitForRedis(port);
   return {
     endpoint: `127.0.0.1:${port}`,
     async stop() {

@@ -112,7 +112,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 }
 
 /** Maps validation, parsing and our own errors to one body shape that names the field. */
-function toErrorBody(error: FastifyError): ErrorBody {
+export function toErrorBody(error: FastifyError): ErrorBody {
   if (error instanceof ApiError) {
     return { statusCode: error.status, error: error.code, message: error.message, ...(error.field ? { field: error.field } : {}) };
   }

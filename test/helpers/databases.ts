@@ -126,3 +126,21 @@ export async function throwawayPostgresEnv(): Promise<{ env: Record<string, stri
     },
   };
 }
+
+/** The three ways the repositories reach a database, for `describe.each`. */
+export interface DatabaseBackend {
+  name: string;
+  open(): Promise<{ db: Database; dispose(): Promise<void> }>;
+}
+
+export const DATABASE_BACKENDS: DatabaseBackend[] = [
+  { name: 'PostgreSQL (throwaway database)', open: throwawayPostgres },
+  { name: 'PGlite in memory', open: memoryPglite },
+  {
+    name: 'PGlite served over a unix socket',
+    async open() {
+      const served = await servedPglite();
+      return { db: served.connect(), dispose: () => served.dispose() };
+    },
+  },
+];
