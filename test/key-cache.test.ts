@@ -208,6 +208,20 @@ describe('KeyResolver and UserDirectory', () => {
     expect(store.touches).toHaveLength(1);
   });
 
+  it('records last use to the second: uses within a second of the recorded one are not recorded again', async () => {
+    const a = await admin.apiKeys.create('u1');
+    now = T0;
+    expect((await resolver.resolve(a.key)).code).toBe('valid');
+    now = T0 + 999;
+    expect(resolver.resolve(a.key)).toMatchObject({ code: 'valid' });
+    expect(await resolver.flushLastUsed()).toBe(1);
+    expect((await admin.apiKeys.get(a.record.id))!.lastUsedAt).toBe(T0);
+    now = T0 + 1500;
+    expect(resolver.resolve(a.key)).toMatchObject({ code: 'valid' });
+    expect(await resolver.flushLastUsed()).toBe(1);
+    expect((await admin.apiKeys.get(a.record.id))!.lastUsedAt).toBe(T0 + 1500);
+  });
+
   it('keeps last uses that could not be written and writes them once the database is back', async () => {
     const a = await admin.apiKeys.create('u1');
     now = T0 + 5_000;

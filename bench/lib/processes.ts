@@ -82,7 +82,10 @@ export async function spawnServer(options: {
   path: string;
 }): Promise<Target> {
   let output = '';
-  const child: ChildProcess = spawn(process.execPath, [fileURLToPath(new URL(`../../${options.script}`, import.meta.url)), ...(options.args ?? [])], {
+  // BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") goes to every server the
+  // bench starts; node:cluster passes it on to the workers.
+  const nodeArgs = process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, fileURLToPath(new URL(`../../${options.script}`, import.meta.url)), ...(options.args ?? [])], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],

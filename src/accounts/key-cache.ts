@@ -1,22 +1,23 @@
 /**
  * API key validation on the request path. Order of checks:
- *   1. format and checksum (api-keys.ts): a mistyped or made-up key never reaches a cache
- *      or the database;
- *   2. the in-memory cache by key hash (refreshing-cache.ts), answered synchronously;
+ *   1. length, then the in-memory cache of known keys by key hash (refreshing-cache.ts),
+ *      answered synchronously: a stored key passed its format check when it was issued;
+ *   2. format and checksum (api-keys.ts): a mistyped or made-up key never reaches the
+ *      unknown-key cache or the database;
  *   3. the key store (the database), once per hash, concurrent callers sharing the lookup.
  * Answers are a closed set of codes. A key the cache knows keeps validating while the
  * database is down (its expiry still applies, by the clock); a key it does not know gets
  * KEY_STORE_UNAVAILABLE, never a guess.
  *
- * `last_used_at` is kept in memory and written in batches (`flushLastUsed`, on a timer
- * from `startFlushing`): no database write per request.
+ * `last_used_at` is kept in memory, to the second, and written in batches (`flushLastUsed`,
+ * on a timer from `startFlushing`): no database write per request.
  *
  * NOTE: the checksum is public, so anyone can make well-formed keys that do not exist. Each
  * distinct one costs a lookup, then sits in the unknown-key cache for `unknownTtlMs`; the
  * caller's own rate limits are what bound a flood of them.
  */
 import type { Logger } from '../observability/logger.js';
-import { checkApiKeyFormat, hashApiKey } from './api-keys.js';
+import { API_KEY_LENGTH, checkApiKeyFormat, hashApiKey } from './api-keys.js';
 import type { KeyLookup, LastUsed } from './api-keys-repository.js';
 import type { InvalidationBus } from './invalidation.js';
 import { RefreshingCache, type CacheLookup } from './refreshing-cache.js';
@@ -60,7 +61,12 @@ interface CachedKey {
   valid: KeyCheck;
   expired: KeyCheck;
   revoked: KeyCheck;
+  /** When this key's use was last put in the pending last-use batch. */
+  recordedAt: number;
 }
+
+/** `last_used_at` resolution: within it, further uses of a key are not recorded again. */
+const LAST_USED_RESOLUTION_MS = 1000;
 
 const INVALID: KeyCheck = Object.freeze({ code: 'INVALID_KEY', keyId: null, userId: null, expiresAt: null });
 const UNAVAILABLE: KeyCheck = Object.freeze({ code: 'KEY_STORE_UNAVAILABLE', keyId: null, userId: null, expiresAt: null });
@@ -99,8 +105,12 @@ export class KeyResolver {
 
   /** Checks `key`; synchronous unless the key must be looked up. Never throws. */
   resolve(key: string): KeyCheck | Promise<KeyCheck> {
+    if (key.length !== API_KEY_LENGTH) return INVALID;
+    const hash = hashApiKey(key);
+    const known = this.cache.getFound(hash);
+    if (known !== undefined) return this.answerKey(known);
     if (checkApiKeyFormat(key) !== 'ok') return INVALID;
-    const found = this.cache.get(hashApiKey(key));
+    const found = this.cache.get(hash);
     return found instanceof Promise ? found.then((lookup) => this.answer(lookup)) : this.answer(found);
   }
 
@@ -157,20 +167,25 @@ export class KeyResolver {
   private answer(found: CacheLookup<CachedKey>): KeyCheck {
     if (found.state === 'missing') return INVALID;
     if (found.state === 'unavailable') return UNAVAILABLE;
-    const key = found.value;
+    return this.answerKey(found.value);
+  }
+
+  private answerKey(key: CachedKey): KeyCheck {
     if (key.lookup.revokedAt !== null) return key.revoked;
     const now = this.clock();
     if (key.lookup.expiresAt !== null && key.lookup.expiresAt <= now) return key.expired;
-    this.recordUse(key.lookup.keyId, now);
+    if (now - key.recordedAt >= LAST_USED_RESOLUTION_MS) this.recordUse(key, now);
     return key.valid;
   }
 
-  private recordUse(keyId: string, now: number): void {
+  private recordUse(key: CachedKey, now: number): void {
+    const { keyId } = key.lookup;
     if (this.lastUsed.size >= this.maxPendingLastUsed && !this.lastUsed.has(keyId)) {
       this.droppedLastUsed++;
       return;
     }
     this.lastUsed.set(keyId, now);
+    key.recordedAt = now;
   }
 
   private async writeLastUsed(): Promise<number> {
@@ -198,5 +213,6 @@ function cachedKey(lookup: KeyLookup): CachedKey {
     valid: Object.freeze({ code: 'valid', ...ids }),
     expired: Object.freeze({ code: 'KEY_EXPIRED', ...ids }),
     revoked: Object.freeze({ code: 'KEY_REVOKED', ...ids }),
+    recordedAt: -Infinity,
   };
 }

@@ -65,6 +65,19 @@ export class RefreshingCache<V extends object> {
       if (now >= entry.refreshAt) this.refresh(id, entry, now);
       return entry.lookup;
     }
+    return this.getAbsent(id, now);
+  }
+
+  /** The value of a found entry (refreshed as `get` does), or undefined without any lookup. */
+  getFound(id: string): V | undefined {
+    const entry = this.found.get(id);
+    if (entry === undefined) return undefined;
+    const now = this.options.clock();
+    if (now >= entry.refreshAt) this.refresh(id, entry, now);
+    return entry.lookup.value;
+  }
+
+  private getAbsent(id: string, now: number): CacheLookup<V> | Promise<CacheLookup<V>> {
     const until = this.missing.get(id);
     if (until !== undefined) {
       if (now >= until && !this.loading.has(id)) {

@@ -24,19 +24,21 @@ function decideBody(deps: AppDeps, body: CheckBody, field: string): CheckOutcome
   const cost = body.cost;
   const keysOn = config.api_key_management.enabled && config.api_key_management.validation_enabled;
   if (body.api_key !== undefined && keysOn) {
-    const asGiven = { userId: body.user_id ?? '', tier: body.tier, cost };
-    if (accounts === null) return decider.refuse(asGiven, 'KEY_STORE_UNAVAILABLE');
+    if (accounts === null) return decider.refuse({ userId: body.user_id ?? '', tier: body.tier, cost }, 'KEY_STORE_UNAVAILABLE');
     const found = accounts.keys.resolve(body.api_key);
-    const go = (key: KeyCheck): CheckOutcome | Promise<CheckOutcome> =>
-      key.code === 'valid'
-        ? decider.check({ userId: key.userId!, tier: undefined, cost, keyId: key.keyId ?? undefined })
-        : decider.refuse({ ...asGiven, userId: key.userId ?? asGiven.userId, keyId: key.keyId ?? undefined }, key.code);
-    return found instanceof Promise ? found.then(go) : go(found);
+    return found instanceof Promise ? found.then((key) => decideWithKey(deps, body, key)) : decideWithKey(deps, body, found);
   }
   if (body.user_id === undefined) {
     throw new ApiError('INVALID_FIELD', `${field}user_id is required (or api_key)`, `${field}user_id`);
   }
   return decider.check({ userId: body.user_id, tier: body.tier, cost });
+}
+
+/** A check whose API key was resolved: a valid key decides for its user, any other answer refuses. */
+function decideWithKey({ decider }: AppDeps, body: CheckBody, key: KeyCheck): CheckOutcome | Promise<CheckOutcome> {
+  const keyId = key.keyId ?? undefined;
+  if (key.code === 'valid') return decider.check({ userId: key.userId!, tier: undefined, cost: body.cost, keyId });
+  return decider.refuse({ userId: key.userId ?? body.user_id ?? '', tier: body.tier, cost: body.cost, keyId }, key.code);
 }
 
 let lastResetMs = -1;
