@@ -27,6 +27,7 @@ interface TargetSpec {
 
 const CEILING = 'fastify hello-world, 1 process';
 const CEILING_2 = 'fastify hello-world, 2 workers';
+const SAME_BYTES = "fastify hello-world answering a check's bytes";
 const LOCAL = 'check, local mode, no Redis';
 const LOCAL_REDIS = 'check, local mode + Redis write-behind';
 const REDIS_MODE = 'check, redis mode (Redis per decision)';
@@ -66,6 +67,9 @@ function targets(redis: RedisProcess): TargetSpec[] {
   return [
     { name: CEILING, start: () => startHello(1) },
     { name: CEILING_2, start: () => startHello(2) },
+    // What serving the check's response costs without deciding anything: the headroom left
+    // for any limiter that answers the contracted body and headers.
+    { name: SAME_BYTES, start: () => startHello(1, true) },
     { name: LOCAL, start: node(LOCAL), bar: 0.85 },
     {
       name: LOCAL_REDIS,
@@ -77,10 +81,10 @@ function targets(redis: RedisProcess): TargetSpec[] {
     { name: REDIS_MODE, start: node(REDIS_MODE, { REDIS_ENDPOINT: redis.endpoint, REDIS_DATABASE: '1', RATE_LIMITING_MODE: 'redis' }), versus: LOCAL },
     { name: BY_USER, start: () => startNodeWithAccounts(BY_USER, STORED_USERS, 'user_id', { RATE_LIMITING_WORKERS: '1' }) },
     { name: BY_KEY, start: () => startNodeWithAccounts(BY_KEY, STORED_USERS, 'api_key', { RATE_LIMITING_WORKERS: '1' }), versus: BY_USER, bar: 0.9 },
-    { name: ANALYTICS_OFF, start: node(ANALYTICS_OFF, { PGLITE_DATA_DIR: 'memory', USAGE_ANALYTICS_ENABLED: 'false' }) },
+    { name: ANALYTICS_OFF, start: node(ANALYTICS_OFF, { USAGE_ANALYTICS_ENABLED: 'false' }) },
     {
       name: ANALYTICS_ON,
-      start: node(ANALYTICS_ON, { PGLITE_DATA_DIR: 'memory', USAGE_ANALYTICS_ENABLED: 'true', USAGE_FLUSH_INTERVAL_MS: '5000' }),
+      start: node(ANALYTICS_ON, { USAGE_ANALYTICS_ENABLED: 'true', USAGE_FLUSH_INTERVAL_MS: '5000' }),
       versus: ANALYTICS_OFF,
       bar: 0.95,
       probe: { label: 'usage rows buffered (max)', read: (t) => scrapeMetric(t, 'rate_limiting_usage_buffered_rows') },
@@ -101,6 +105,7 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
   const all = targets(redis);
   const wanted = all.filter((t) => options.only === undefined || t.name.includes(options.only));
   const needed = new Set([CEILING, ...wanted.map((t) => t.name), ...wanted.map((t) => t.versus ?? CEILING)]);
+  if (needed.has(LOCAL)) needed.add(SAME_BYTES);
   const specs = all.filter((t) => needed.has(t.name));
   const started: Array<{ name: string; target: Target }> = [];
   const runs = new Map<string, LoadResult[]>();
@@ -159,6 +164,12 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
       'during load': spec.probe ? `${spec.probe.label}: ${Math.round(Math.max(0, ...(probes.get(spec.name) ?? []).filter(Number.isFinite)))}` : '',
     };
   });
+  const sameBytes = runs.get(SAME_BYTES);
+  const local = runs.get(LOCAL);
+  if (sameBytes && local) {
+    const ratio = median(local.map((r, i) => r.requestsPerSecond / sameBytes[i]!.requestsPerSecond));
+    notes.push(`${LOCAL} vs ${SAME_BYTES} (the same response body and headers, nothing decided): ${ratio.toFixed(2)}`);
+  }
   const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}`;
   console.log(`\n${table(rows)}\n${notes.join('\n')}\n`);
   const markdown = [

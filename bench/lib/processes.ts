@@ -122,19 +122,23 @@ export async function spawnServer(options: {
   };
 }
 
-/** The bare Fastify hello-world POST: the ceiling. */
-export async function startHello(workers = 1): Promise<Target> {
+/** The bare Fastify hello-world POST: the ceiling (`checkShaped`: answering a check's bytes). */
+export async function startHello(workers = 1, checkShaped = false): Promise<Target> {
   const port = await freePort();
-  return spawnServer({ name: 'fastify hello-world', script: 'bench/servers/hello.js', args: [String(port), String(workers)], port, readyPath: '/', path: '/hello' });
+  const args = [String(port), String(workers), ...(checkShaped ? ['--check-shaped'] : [])];
+  return spawnServer({ name: 'fastify hello-world', script: 'bench/servers/hello.js', args, port, readyPath: '/', path: '/hello' });
 }
 
-/** One node of ours (`npm start`), on a free port, with extra environment. */
+/**
+ * One node of ours (`npm start`), on a free port, with extra environment; its embedded
+ * PGlite in memory unless `env` says otherwise (a bench leaves no data directories).
+ */
 export async function startOurNode(name: string, env: Record<string, string> = {}): Promise<Target> {
   const port = await freePort();
   return spawnServer({
     name,
     script: 'src/main.js',
-    env: { RATE_LIMITING_API_HOST: '127.0.0.1', RATE_LIMITING_API_PORT: String(port), ...env },
+    env: { RATE_LIMITING_API_HOST: '127.0.0.1', RATE_LIMITING_API_PORT: String(port), PGLITE_DATA_DIR: 'memory', ...env },
     port,
     readyPath: '/health',
     path: '/rate-limiting/check',
@@ -174,7 +178,7 @@ export async function scrapeMetric(target: Target, name: string): Promise<number
  */
 export async function startNodeWithAccounts(name: string, users: number, by: 'user_id' | 'api_key', env: Record<string, string> = {}): Promise<Target> {
   const token = 'bench-admin-token';
-  const target = await startOurNode(name, { ADMIN_TOKEN: token, PGLITE_DATA_DIR: 'memory', ...env });
+  const target = await startOurNode(name, { ADMIN_TOKEN: token, ...env });
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
   const deadline = Date.now() + 120_000;
   while ((await fetch(`${target.url}/admin/users?limit=1`, { headers })).status !== 200) {
