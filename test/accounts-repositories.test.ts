@@ -116,6 +116,13 @@ describe.each(DATABASE_BACKENDS)('accounts storage on $name', (backend) => {
       expect((await repos.users.get('alice'))!.tier).toBe('premium');
     });
 
+    it('read many users in one query: only those that exist, by id', async () => {
+      const found = await repos.users.getMany(['alice', 'nobody', "o'brien", 'alice']);
+      expect([...found.keys()]).toEqual(['alice']);
+      expect(found.get('alice')).toEqual(await repos.users.get('alice'));
+      expect((await repos.users.getMany([])).size).toBe(0);
+    });
+
     it('update only what the patch names: overrides merge, null removes', async () => {
       now = T0 + 1000;
       let user = await repos.users.update('alice', { tier: 'enterprise' });

@@ -239,6 +239,26 @@ describe('KeyResolver and UserDirectory', () => {
   });
 
   describe('UserDirectory', () => {
+    it('looks up the users asked for in one turn of the event loop with one query', async () => {
+      const worker = served.connect({ poolSize: 2 });
+      const users = new UsersRepository(worker, clock);
+      const batches: number[] = [];
+      const directory = new UserDirectory({
+        store: { get: () => Promise.reject(new Error('one at a time')), getMany: (ids) => (batches.push(ids.length), users.getMany(ids)) },
+        clock,
+      });
+      const ids = ['u1', 'u2', ...Array.from({ length: 1200 }, (_, i) => `new-${i}`)];
+      const answers = await Promise.all(ids.map((id) => directory.lookup(id)));
+      expect(batches).toEqual([500, 500, 202]);
+      expect(answers[0]).toMatchObject({ state: 'known', profile: { tier: 'premium' } });
+      expect(answers[1]).toMatchObject({ state: 'known', profile: { tier: 'basic' } });
+      expect(answers.slice(2).every((a) => a.state === 'unknown')).toBe(true);
+      // Answered from memory now: no further query.
+      expect(directory.lookup('new-7')).toEqual({ state: 'unknown' });
+      expect(batches).toHaveLength(3);
+      await worker.close();
+    });
+
     it('answers known, unknown and (database down) unavailable; a user event makes a tier change visible', async () => {
       const worker = served.connect({ poolSize: 1 });
       const users = new UsersRepository(worker, clock);

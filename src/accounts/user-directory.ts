@@ -12,6 +12,7 @@
  */
 import type { Logger } from '../observability/logger.js';
 import type { InvalidationBus } from './invalidation.js';
+import { BatchLoader } from './batch-loader.js';
 import { RefreshingCache, type CacheLookup } from './refreshing-cache.js';
 import type { TierOverrides } from './validation.js';
 
@@ -27,6 +28,8 @@ export type UserLookup = { state: 'known'; profile: UserProfile } | { state: 'un
 /** What the directory needs from the database (UsersRepository provides it). */
 export interface UserStore {
   get(userId: string): Promise<UserProfile | null>;
+  /** Many users in one read (when the store can): lookups of one event-loop turn share it. */
+  getMany?(userIds: string[]): Promise<Map<string, UserProfile>>;
 }
 
 export interface UserDirectoryOptions {
@@ -50,9 +53,11 @@ export class UserDirectory {
   private readonly cache: RefreshingCache<KnownUser>;
 
   constructor(options: UserDirectoryOptions) {
+    const { store } = options;
+    const batches = store.getMany ? new BatchLoader<UserProfile>({ loadMany: (ids) => store.getMany!(ids) }) : null;
     this.cache = new RefreshingCache<KnownUser>({
       load: async (userId) => {
-        const user = await options.store.get(userId);
+        const user = batches ? await batches.load(userId) : await store.get(userId);
         if (user === null) return null;
         const profile: UserProfile = { tier: user.tier, overrides: user.overrides, quotaOverride: user.quotaOverride, disabled: user.disabled };
         return { state: 'known', profile };

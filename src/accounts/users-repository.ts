@@ -51,6 +51,18 @@ export class UsersRepository {
     return result.rows[0] ? toUser(result.rows[0]) : null;
   }
 
+  /** The stored users among `userIds` (one query), by user id. */
+  async getMany(userIds: readonly string[]): Promise<Map<string, UserRecord>> {
+    const found = new Map<string, UserRecord>();
+    if (userIds.length === 0) return found;
+    const result = await this.db.query(`SELECT ${COLUMNS} FROM users WHERE user_id = ANY($1::text[])`, [userIds]);
+    for (const row of result.rows) {
+      const user = toUser(row);
+      found.set(user.userId, user);
+    }
+    return found;
+  }
+
   /** Applies `patch` (see UserPatch for merging and clearing); null if there is no such user. */
   async update(userId: string, patch: UserPatch): Promise<UserRecord | null> {
     const result = await this.db.query(
