@@ -112,6 +112,16 @@ export function registerCheckRoutes(app: FastifyInstance, deps: AppDeps): void {
       },
     },
     async (request) => {
+      // The users of the batch are looked up together first (new users then cost the
+      // database one query per batch, not one each); a failed lookup only means the
+      // check below looks the user up again.
+      const lookups: Array<Promise<unknown>> = [];
+      for (const item of request.body.checks) {
+        if (item.user_id === undefined || item.api_key !== undefined) continue;
+        const found = users.limitsFor(item.user_id, item.tier);
+        if (found instanceof Promise) lookups.push(found.catch(() => undefined));
+      }
+      if (lookups.length > 0) await Promise.all(lookups);
       // Checks of one batch are decided in order, so two checks of one user see each other.
       const results = [];
       for (const [i, item] of request.body.checks.entries()) {
