@@ -326,7 +326,7 @@ export async function scale(options: ScaleOptions): Promise<boolean> {
       }
       notes.push(
         `Driving ${options.users} users took ${drive.seconds.toFixed(1)} s (${Math.round(options.users / drive.seconds)} users/s, batches of ${batchSize}, ${concurrency} in flight; ` +
-          `every new user also costs the node one lookup in its account database); ${drive.denied} denied.`,
+          `the new users of a batch cost the node one query of its account database); ${drive.denied} denied.`,
       );
       const row = (name: string, m: NodeMemory): Row => ({
         what: name,
