@@ -9,12 +9,14 @@
  *   compare    [--duration s] [--rounds n] [--latency-duration s] [--only name] [--json]
  *              capacity and open-loop latency beside hello-world, rate-limiter-flexible, @fastify/rate-limit
  *   scale      [--users n] [--decisions n] [--rounds n] [--json]   memory with 1M users; engine ns/decision
- *   all        (the default) throughput, accuracy, compare and scale, one after the other
+ *   usage-flush [--users n] [--minutes n]   one minute of usage written into PGlite, rollups with and without page room
+ *   all        (the default) throughput, accuracy, compare, scale and usage-flush, one after the other
  */
 import { accuracy } from './accuracy/index.js';
 import { compare } from './compare/index.js';
 import { scale } from './compare/scale.js';
 import { throughput } from './throughput.js';
+import { usageFlush } from './usage-flush.js';
 
 function option(args: string[], name: string, fallback: number): number {
   const index = args.indexOf(`--${name}`);
@@ -77,12 +79,13 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<boolean>> = {
       rounds: option(args, 'rounds', 5),
       json: args.includes('--json'),
     }),
+  'usage-flush': (args) => usageFlush({ users: option(args, 'users', 10_000), minutes: option(args, 'minutes', 9) }),
 };
 
 /** `npm run bench`: everything, in turn (tens of minutes); true when every part reached its bars. */
 BENCHMARKS.all = async () => {
   let ok = true;
-  for (const name of ['throughput', 'accuracy', 'compare', 'scale']) {
+  for (const name of ['throughput', 'accuracy', 'compare', 'scale', 'usage-flush']) {
     console.error(`\n=== ${name}`);
     ok = (await BENCHMARKS[name]!([name])) && ok;
   }

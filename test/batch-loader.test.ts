@@ -37,4 +37,13 @@ describe('BatchLoader', () => {
     expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'fulfilled', 'rejected']);
     expect((results[0] as PromiseRejectedResult).reason).toEqual(new Error('database away'));
   });
+
+  it('rejects the callers of a store that throws instead of rejecting', async () => {
+    const loader = new BatchLoader<number>({
+      loadMany: () => {
+        throw new Error('not even a promise');
+      },
+    });
+    await expect(loader.load('a')).rejects.toThrow('not even a promise');
+  });
 });

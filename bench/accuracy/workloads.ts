@@ -12,6 +12,7 @@
  * Costs above 1 are mixed in, and a share of requests are peeks (cost 0). Bodies are
  * `{user_id, tier, cost}`; user ids carry a prefix so every run uses fresh users.
  */
+import { pick, randomInt, seededRandom } from '../lib/random.js';
 
 export type UserKind = 'steady' | 'bursty' | 'hot' | 'cold';
 export const USER_KINDS: readonly UserKind[] = ['steady', 'bursty', 'hot', 'cold'];
@@ -64,26 +65,6 @@ export interface Workload {
   tierOf: Map<string, string>;
 }
 
-/** mulberry32: a small, fast, seeded PRNG; returns floats in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
-function intBetween(random: () => number, min: number, max: number): number {
-  return min + Math.floor(random() * (max - min + 1));
-}
-
-function pickOne<T>(random: () => number, items: readonly T[]): T {
-  return items[Math.floor(random() * items.length)]!;
-}
-
 /**
  * The steadiest pace (ms between requests of `cost`) that keeps a user at half of its
  * tightest limit, and at most one request a second.
@@ -122,11 +103,11 @@ export function buildWorkload(options: WorkloadOptions): Workload {
   }
 
   for (let i = 0; i < options.burstyUsers; i++) {
-    const tier = pickOne(random, tierNames);
+    const tier = pick(random, tierNames);
     const userId = newUser('bursty', i, tier);
     const burst = options.tiers[tier]!.burst;
-    for (let at = Math.floor(random() * 3000); at < durationMs; at += intBetween(random, 3000, 8000)) {
-      const size = burst + intBetween(random, 1, Math.max(1, burst));
+    for (let at = Math.floor(random() * 3000); at < durationMs; at += randomInt(random, 3000, 8000)) {
+      const size = burst + randomInt(random, 1, Math.max(1, burst));
       for (let k = 0; k < size; k++) requests.push({ at, userId, tier, cost: peekOr(random() < 0.2 ? 2 : 1), kind: 'bursty' });
     }
   }
@@ -136,18 +117,18 @@ export function buildWorkload(options: WorkloadOptions): Workload {
     const tier = tierNames[i % tierNames.length]!;
     const userId = newUser('hot', i, tier);
     for (let at = random() * hotInterval; at < durationMs; at += hotInterval * (0.5 + random())) {
-      requests.push({ at: Math.floor(at), userId, tier, cost: peekOr(intBetween(random, 1, 3)), kind: 'hot' });
+      requests.push({ at: Math.floor(at), userId, tier, cost: peekOr(randomInt(random, 1, 3)), kind: 'hot' });
     }
   }
 
   for (let i = 0; i < options.coldUsers; i++) {
-    const tier = pickOne(random, tierNames);
+    const tier = pick(random, tierNames);
     const userId = newUser('cold', i, tier);
     const at = Math.floor(random() * durationMs);
-    requests.push({ at, userId, tier, cost: intBetween(random, 1, 4), kind: 'cold' });
+    requests.push({ at, userId, tier, cost: randomInt(random, 1, 4), kind: 'cold' });
     // One in ten comes back once, shortly after.
     if (random() < 0.1) {
-      const again = at + intBetween(random, 10, 2000);
+      const again = at + randomInt(random, 10, 2000);
       if (again < durationMs) requests.push({ at: again, userId, tier, cost: 1, kind: 'cold' });
     }
   }

@@ -20,13 +20,13 @@ function checkAnswer(userId: string, now: number) {
   const status = (limit: number, reset: number) => ({ limit, remaining: limit - 1, reset_at: now - (now % reset) + reset });
   return {
     allowed: true, code: 'OK', user_id: userId, tier: 'basic', cost: 1, limited_by: null, retry_after_ms: 0,
-    limits: { burst: status(10, 6_000), minute: status(60, 60_000), hour: status(1000, 3_600_000), day: status(10_000, 86_400_000) },
+    limits: { burst: status(10, 10_000), minute: status(60, 60_000), hour: status(1000, 3_600_000), day: status(10_000, 86_400_000) },
     quota: { current_usage: 1, limit: 10_000, reset_time: new Date(now - (now % 86_400_000) + 86_400_000).toISOString() },
     mode: 'local', state: 'memory', decided_at: now,
   };
 }
 const CHECK_HEADERS = {
-  'ratelimit-policy': '"burst";q=10;w=6, "minute";q=60;w=60, "hour";q=1000;w=3600, "day";q=10000;w=86400',
+  'ratelimit-policy': '"burst";q=10;w=10, "minute";q=60;w=60, "hour";q=1000;w=3600, "day";q=10000;w=86400',
   ratelimit: '"burst";r=9;t=1, "minute";r=59;t=42, "hour";r=999;t=2542, "day";r=9999;t=73342',
   'x-ratelimit-limit': '10',
   'x-ratelimit-remaining': '9',

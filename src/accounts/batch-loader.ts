@@ -46,7 +46,8 @@ export class BatchLoader<V> {
     const ids = [...queued.keys()];
     for (let start = 0; start < ids.length; start += this.maxBatch) {
       const batch = ids.slice(start, start + this.maxBatch);
-      this.options.loadMany(batch).then(
+      // Through a promise chain: a store that throws instead of rejecting fails its callers, not the process.
+      Promise.resolve(batch).then((ids) => this.options.loadMany(ids)).then(
         (found) => {
           for (const id of batch) for (const w of queued.get(id)!) w.resolve(found.get(id) ?? null);
         },

@@ -60,21 +60,20 @@ export class RefreshingCache<V extends object> {
   /** The entry for `id`: synchronously when it is in memory, else after one load. */
   get(id: string): CacheLookup<V> | Promise<CacheLookup<V>> {
     const now = this.options.clock();
-    const entry = this.found.get(id);
-    if (entry !== undefined) {
-      if (now >= entry.refreshAt) this.refresh(id, entry, now);
-      return entry.lookup;
-    }
-    return this.getAbsent(id, now);
+    const entry = this.foundEntry(id, now);
+    return entry !== undefined ? entry.lookup : this.getAbsent(id, now);
   }
 
   /** The value of a found entry (refreshed as `get` does), or undefined without any lookup. */
   getFound(id: string): V | undefined {
+    return this.foundEntry(id, this.options.clock())?.lookup.value;
+  }
+
+  /** A found entry, starting its background reload once it is due. */
+  private foundEntry(id: string, now: number): FoundEntry<V> | undefined {
     const entry = this.found.get(id);
-    if (entry === undefined) return undefined;
-    const now = this.options.clock();
-    if (now >= entry.refreshAt) this.refresh(id, entry, now);
-    return entry.lookup.value;
+    if (entry !== undefined && now >= entry.refreshAt) this.refresh(id, entry, now);
+    return entry;
   }
 
   private getAbsent(id: string, now: number): CacheLookup<V> | Promise<CacheLookup<V>> {

@@ -54,7 +54,8 @@ export class UserDirectory {
 
   constructor(options: UserDirectoryOptions) {
     const { store } = options;
-    const batches = store.getMany ? new BatchLoader<UserProfile>({ loadMany: (ids) => store.getMany!(ids) }) : null;
+    const getMany = store.getMany?.bind(store);
+    const batches = getMany ? new BatchLoader<UserProfile>({ loadMany: getMany }) : null;
     this.cache = new RefreshingCache<KnownUser>({
       load: async (userId) => {
         const user = batches ? await batches.load(userId) : await store.get(userId);

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { freePort } from './ports.js';
+import { freePort, waitForRedis } from '../../bench/lib/processes.js';
 
 /**
  * A real `redis-server` of the test's own, on a free loopback port, without persistence
@@ -32,21 +32,7 @@ export class RedisServer {
     });
     this.child = child;
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const client = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      client.on('error', () => {});
-      try {
-        await client.connect();
-        await client.ping();
-        client.disconnect();
-        return;
-      } catch {
-        client.disconnect();
-        if (Date.now() > deadline) throw new Error(`redis-server did not start on ${this.port}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
+    await waitForRedis(this.port);
   }
 
   /** SIGKILL: everything it held is gone (no persistence). */
