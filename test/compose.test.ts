@@ -6,6 +6,7 @@ import { parse } from 'yaml';
 import { FIXED_SECTIONS, TIER_FIELDS } from '../src/config/schema.js';
 import { SERVICES, limiterEnvironment } from '../scripts/cluster.js';
 import { ROOT } from './helpers/node-process.js';
+import { freePortBlock } from '../bench/lib/processes.js';
 import { freePort } from './helpers/ports.js';
 
 interface Compose {
@@ -61,7 +62,9 @@ describe('docker-compose.cluster.yml and `npm run cluster`', () => {
     });
 
     it('starts Redis, two nodes and a gateway that reaches both', async () => {
-      const base = (await freePort()) + 20;
+      // The launcher puts Redis at base - 1, the nodes at base and base + 10, their workers'
+      // peer ports at API port + 1000 + worker.
+      const base = await freePortBlock([-1, 0, 10, 1000, 1001, 1010, 1011]);
       const gatewayPort = await freePort();
       let output = '';
       child = spawn(process.execPath, ['dist/scripts/cluster.js', '--nodes', '2', '--base-port', String(base), '--gateway-port', String(gatewayPort)], {

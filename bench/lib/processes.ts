@@ -35,6 +35,21 @@ async function portIsFree(port: number): Promise<boolean> {
 }
 
 /**
+ * A base port below the kernel's ephemeral range (32768 and up on Linux) with `base + o`
+ * free for every offset: ports a launcher derives from one base, which the kernel will not
+ * hand to another process's outgoing connection or port-0 listener meanwhile.
+ */
+export async function freePortBlock(offsets: readonly number[]): Promise<number> {
+  const low = 10_000 - Math.min(0, ...offsets);
+  const high = 32_000 - Math.max(0, ...offsets);
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const base = low + Math.floor(Math.random() * (high - low));
+    if ((await Promise.all(offsets.map((o) => portIsFree(base + o)))).every(Boolean)) return base;
+  }
+  throw new Error('no block of free ports');
+}
+
+/**
  * A free API port whose derived peer ports (API port + 1000 + worker) are free too; ports
  * in `taken` (handed out earlier in the same run, not yet bound) are skipped and the new
  * ones added.
