@@ -160,12 +160,13 @@ describe('durability across node restarts (real processes)', () => {
     // Within a few sync intervals Redis holds the full counters again.
     const deadline = Date.now() + 5000;
     const client = redis.client();
-    const { windowKey } = await import('../src/storage/redis/keys.js');
+    const { readStoredState } = await import('../src/storage/redis/keys.js');
     const dayStart = Date.now() - (Date.now() % 31_536_000_000);
     for (const user of USERS) {
       const expected = load.admitted.get(user)!.length;
       for (;;) {
-        const stored = Number(await client.get(windowKey(user, 'd', dayStart)));
+        const state = await readStoredState(client, user);
+        const stored = state?.dayStart === dayStart ? state.dayCount : 0;
         if (stored >= expected && stored <= expected + (load.retried.get(user) ?? 0)) break;
         if (Date.now() > deadline) throw new Error(`${user}: redis holds ${stored}, expected ${expected}`);
         await new Promise((r) => setTimeout(r, 50));

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { BuiltNode } from '../src/worker.js';
-import { windowKey, bucketKey } from '../src/storage/redis/keys.js';
+import { readStoredState, stateKey } from '../src/storage/redis/keys.js';
 import { ManualClock, postJson, testNode } from './helpers/app.js';
 import { RedisServer } from './helpers/redis-server.js';
 
@@ -52,17 +52,15 @@ describe('write-behind to Redis', () => {
     const n = await node();
     for (let i = 0; i < 7; i++) await check(n, { user_id: 'alice' });
     const client = redis.client();
-    await waitFor(async () => (await client.get(windowKey('alice', 'm', T0))) === '7');
-    expect(await client.get(windowKey('alice', 'h', T0))).toBe('7');
-    expect(await client.get(windowKey('alice', 'd', T0))).toBe('7');
-    expect(await client.get(bucketKey('alice'))).toMatch(new RegExp(`^${7 * MINUTE} ${T0} \\d+ -1 -1$`));
-    // Every key ends shortly after its window: nothing grows without bound.
-    expect(await client.pexpiretime(windowKey('alice', 'm', T0))).toBeGreaterThanOrEqual(T0 + MINUTE);
-    expect(await client.pexpiretime(windowKey('alice', 'm', T0))).toBeLessThanOrEqual(T0 + MINUTE + 120_000);
-    expect(await client.pexpiretime(windowKey('alice', 'd', T0))).toBeLessThanOrEqual(T0 + DAY + 120_000);
-    expect(await client.pexpiretime(bucketKey('alice'))).toBeLessThanOrEqual(T0 + 7000 + 120_000);
-    const keys = await client.keys('*');
-    expect(keys.every((k) => k.startsWith('rl:{alice}:'))).toBe(true);
+    await waitFor(async () => (await readStoredState(client, 'alice'))?.minuteCount === 7);
+    expect(await readStoredState(client, 'alice')).toMatchObject({
+      debt: 7 * MINUTE, debtAt: T0, graceAt: -1, minuteStart: T0, minuteCount: 7, hourStart: T0, hourCount: 7, dayStart: T0, dayCount: 7,
+    });
+    // The key ends shortly after its last window (the day): nothing grows without bound.
+    expect(await client.pexpiretime(stateKey('alice'))).toBeGreaterThanOrEqual(T0 + DAY);
+    expect(await client.pexpiretime(stateKey('alice'))).toBeLessThanOrEqual(T0 + DAY + 120_000);
+    expect(await client.keys('*')).toEqual([stateKey('alice')]);
+    expect(stateKey('alice')).toMatch(/^rl:\{alice\}:/);
     client.disconnect();
     const status = (await n.app.inject('/rate-limiting/status')).json();
     expect(status.redis).toMatchObject({ connected: true, sync_interval_ms: 50, pending_users: 0 });
@@ -165,9 +163,9 @@ describe('when Redis goes away', () => {
     await redis.restart();
     const client = redis.client();
     // Every user in memory is written back in full, touched since or not.
-    await waitFor(async () => (await client.get(windowKey('frank', 'd', T0))) === '3', 8000);
-    await waitFor(async () => (await client.get(windowKey('erin', 'd', T0))) === '7', 8000);
-    expect(await client.get(windowKey('gina', 'd', T0))).toBe('1');
+    await waitFor(async () => (await readStoredState(client, 'frank'))?.dayCount === 3, 8000);
+    await waitFor(async () => (await readStoredState(client, 'erin'))?.dayCount === 7, 8000);
+    expect((await readStoredState(client, 'gina'))?.dayCount).toBe(1);
     client.disconnect();
     await waitFor(async () => (await n.app.inject('/health')).json().status === 'healthy');
 
@@ -190,7 +188,7 @@ describe('when Redis goes away', () => {
     await redis.restart();
     await waitFor(() => n.shard.dirty.size === 0, 8000);
     const client = redis.client();
-    expect(await client.get(windowKey('hank', 'd', T0))).toBe('5');
+    expect((await readStoredState(client, 'hank'))?.dayCount).toBe(5);
     client.disconnect();
   });
 
@@ -226,3 +224,65 @@ describe('the fallback policy', () => {
   });
 });
 
+
+describe('one key per user: the window rules of the scripts', () => {
+  const limits = {
+    tier: 't', burst: 100, perMinute: 100, perHour: 1000, perDay: 10_000, throttlePerMinute: 1,
+    quotaEnabled: true, overage: 'block' as const, graceMs: 0, minuteMs: MINUTE, hourMs: 60 * MINUTE, dayMs: DAY,
+  };
+  const flush = (userId: string, windows: Array<{ kind: 'm' | 'h' | 'd'; start: number; delta: number; full: number }>) => ({
+    userId, writeBucket: false, ownerDebt: 0, ownerAt: 0, baseVersion: -1, baseDebt: 0, baseAt: 0, perMinute: 100,
+    minuteMs: MINUTE, hourMs: 60 * MINUTE, dayMs: DAY, dayStart: T0, graceAt: -1,
+    windows: windows.map((w) => ({ ...w, lengthMs: w.kind === 'm' ? MINUTE : w.kind === 'h' ? 60 * MINUTE : DAY })),
+  });
+
+  async function openScripts() {
+    const { RedisConnection } = await import('../src/storage/redis/connection.js');
+    const { RedisScripts } = await import('../src/storage/redis/scripts.js');
+    const { createLogger } = await import('../src/observability/logger.js');
+    const connection = new RedisConnection(
+      { endpoint: redis.endpoint, topology: 'standalone', sentinelMaster: '', database: 0, password: '', poolSize: 1, connectTimeoutMs: 2000, commandTimeoutMs: 5000 },
+      createLogger('silent'),
+    );
+    expect(await connection.start(5000)).toBe(true);
+    return { connection, scripts: new RedisScripts(connection, 60_000) };
+  }
+
+  it('adds deltas to their window, lets a newer window replace the stored one and ignores an ended one', async () => {
+    const { connection, scripts } = await openScripts();
+    const client = redis.client();
+    try {
+      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0, delta: 3, full: -1 }, { kind: 'd', start: T0, delta: 3, full: -1 }])]);
+      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0, delta: 2, full: -1 }])]);
+      expect(await readStoredState(client, 'w')).toMatchObject({ minuteStart: T0, minuteCount: 5, dayStart: T0, dayCount: 3 });
+      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0 + MINUTE, delta: 1, full: -1 }])]);
+      expect(await readStoredState(client, 'w')).toMatchObject({ minuteStart: T0 + MINUTE, minuteCount: 1, dayCount: 3 });
+      // A late delta of the minute that has ended changes nothing.
+      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0, delta: 4, full: -1 }])]);
+      expect(await readStoredState(client, 'w')).toMatchObject({ minuteStart: T0 + MINUTE, minuteCount: 1 });
+      // An owner's total re-seeds a count Redis lost.
+      await client.del(stateKey('w'));
+      const surprises = await scripts.reconcile([flush('w', [{ kind: 'd', start: T0, delta: 1, full: 9 }])]);
+      expect(await readStoredState(client, 'w')).toMatchObject({ dayStart: T0, dayCount: 9 });
+      expect(surprises.size).toBe(0);
+      // load answers the counts of the windows asked for, 0 for others.
+      expect(await scripts.load('w', limits, T0 + 2 * MINUTE)).toMatchObject({ minuteCount: 0, dayCount: 9 });
+    } finally {
+      client.disconnect();
+      await connection.close();
+    }
+  });
+
+  it('a Redis decision made with a clock behind the stored windows charges the newer window, losing no count', async () => {
+    const { connection, scripts } = await openScripts();
+    const client = redis.client();
+    try {
+      for (let i = 0; i < 3; i++) await scripts.decide('skew', limits, 1, T0 + MINUTE + 5);
+      await scripts.decide('skew', limits, 1, T0 + MINUTE - 5);
+      expect(await readStoredState(client, 'skew')).toMatchObject({ minuteStart: T0 + MINUTE, minuteCount: 4, dayCount: 4 });
+    } finally {
+      client.disconnect();
+      await connection.close();
+    }
+  });
+});

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, Redis } from 'ioredis';
-import { windowKey } from '../src/storage/redis/keys.js';
+import { readStoredState, stateKey } from '../src/storage/redis/keys.js';
 import type { BuiltNode } from '../src/worker.js';
 import { ManualClock, postJson, testNode } from './helpers/app.js';
 import { RedisClusterProcess, RedisSentinelProcess } from './helpers/redis-topologies.js';
@@ -32,9 +32,9 @@ describe('Redis Cluster (three masters)', () => {
     await first.close();
 
     const client = new Cluster([{ host: '127.0.0.1', port: cluster.ports[0]! }]);
-    for (const user of users) expect(await client.get(windowKey(user, 'd', T0))).toBe('3');
+    for (const user of users) expect((await readStoredState(client, user))?.dayCount).toBe(3);
     // The users really are spread over the masters.
-    const owners = new Set(await Promise.all(users.map(async (u) => (await client.cluster('KEYSLOT', windowKey(u, 'd', T0))) as number)));
+    const owners = new Set(await Promise.all(users.map(async (u) => (await client.cluster('KEYSLOT', stateKey(u))) as number)));
     expect(owners.size).toBeGreaterThan(3);
     client.disconnect();
 
@@ -69,7 +69,7 @@ describe('Redis Sentinel', () => {
     expect(await n.reconciler!.flushAll(5000)).toBe(true);
     await n.close();
     const master = new Redis({ port: sentinel.masterPort });
-    expect(await master.get(windowKey('sentinel-user', 'd', T0))).toBe('5');
+    expect((await readStoredState(master, 'sentinel-user'))?.dayCount).toBe(5);
     master.disconnect();
   }, 30_000);
 });

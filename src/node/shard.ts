@@ -2,14 +2,6 @@ import { LRUCache } from 'lru-cache';
 import { decide, newUserState, type Decision, type UserState } from './engine.js';
 import type { EffectiveLimits } from './limits.js';
 
-/** Changes to one window that Redis has not seen yet. */
-export interface PendingWindow {
-  kind: 'm' | 'h' | 'd';
-  start: number;
-  lengthMs: number;
-  delta: number;
-}
-
 /**
  * A user's counters in memory plus what the write-behind reconciler needs to know
  * about them. Without Redis only the `UserState` part is used.
@@ -22,8 +14,15 @@ export interface ShardEntry extends UserState {
   /** The bucket as Redis had it at `version`, to tell other writers' charges apart. */
   baseDebt: number;
   baseAt: number;
-  /** Window changes not yet flushed, or null. */
-  pending: PendingWindow[] | null;
+  /**
+   * What the entry's current minute, hour and day windows (`minuteStart`, …) gained since
+   * they were last flushed; -1 when there is nothing to send. Only current windows are
+   * tracked: Redis keeps one window of each kind per user, so a change to a window that
+   * has ended can no longer matter to any decision.
+   */
+  pendingMinute: number;
+  pendingHour: number;
+  pendingDay: number;
   bucketDirty: boolean;
   graceDirty: boolean;
   /** When the oldest unflushed change was made (ms), or 0 when clean. */
@@ -49,7 +48,9 @@ export function newEntry(limits: EffectiveLimits, state: UserState = newUserStat
     version,
     baseDebt: state.debt,
     baseAt: state.debtAt,
-    pending: null,
+    pendingMinute: -1,
+    pendingHour: -1,
+    pendingDay: -1,
     bucketDirty: false,
     graceDirty: false,
     dirtySince: 0,
@@ -58,19 +59,14 @@ export function newEntry(limits: EffectiveLimits, state: UserState = newUserStat
 }
 
 export function isDirty(entry: ShardEntry): boolean {
-  return entry.pending !== null || entry.bucketDirty || entry.graceDirty;
+  return entry.pendingMinute >= 0 || entry.pendingHour >= 0 || entry.pendingDay >= 0 || entry.bucketDirty || entry.graceDirty;
 }
 
-/** Adds `delta` to the pending change of one window, creating it if needed. */
-export function addPending(entry: ShardEntry, kind: PendingWindow['kind'], start: number, lengthMs: number, delta: number): void {
-  const pending = (entry.pending ??= []);
-  for (const window of pending) {
-    if (window.kind === kind && window.start === start) {
-      window.delta += delta;
-      return;
-    }
-  }
-  pending.push({ kind, start, lengthMs, delta });
+/** Marks every current window to be sent (with what it gained, or 0): a full write. */
+export function markWindowsPending(entry: ShardEntry): void {
+  entry.pendingMinute = Math.max(entry.pendingMinute, 0);
+  entry.pendingHour = Math.max(entry.pendingHour, 0);
+  entry.pendingDay = Math.max(entry.pendingDay, 0);
 }
 
 export interface ShardOptions {
@@ -128,8 +124,7 @@ export class Shard {
       const [oldestId, oldest] = this.evictedDirty.entries().next().value as [string, ShardEntry];
       this.evictedDirty.delete(oldestId);
       this.dirty.delete(oldestId);
-      const requests = (oldest.pending ?? []).filter((w) => w.kind === 'd').reduce((sum, w) => sum + w.delta, 0);
-      this.options.onDropped?.(oldest, requests);
+      this.options.onDropped?.(oldest, Math.max(oldest.pendingDay, 0));
     }
   }
 
@@ -173,12 +168,14 @@ export class Shard {
   /** Decides on an entry obtained from `get`/`insert` and records the charge. */
   decideOn(userId: string, entry: ShardEntry, limits: EffectiveLimits, cost: number, now: number): Decision {
     entry.limits = limits;
+    const { minuteStart, hourStart, dayStart } = entry;
     const decision = decide(entry, limits, cost, now);
     if (decision.charged > 0 && this.options.tracking) {
+      // A charge in a new window starts its change afresh (the ended window's no longer matters).
       const charged = decision.charged;
-      addPending(entry, 'm', entry.minuteStart, limits.minuteMs, charged);
-      addPending(entry, 'h', entry.hourStart, limits.hourMs, charged);
-      addPending(entry, 'd', entry.dayStart, limits.dayMs, charged);
+      entry.pendingMinute = (entry.minuteStart === minuteStart ? Math.max(entry.pendingMinute, 0) : 0) + charged;
+      entry.pendingHour = (entry.hourStart === hourStart ? Math.max(entry.pendingHour, 0) : 0) + charged;
+      entry.pendingDay = (entry.dayStart === dayStart ? Math.max(entry.pendingDay, 0) : 0) + charged;
       entry.bucketDirty = true;
       if (decision.graceStarted) entry.graceDirty = true;
       if (entry.dirtySince === 0) entry.dirtySince = now;

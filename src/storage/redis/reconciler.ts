@@ -3,8 +3,8 @@
  *
  * Decisions never wait on Redis: they charge memory and leave a pending change per
  * window. Every sync interval this loop takes the pending changes of every dirty user,
- * sends them with one `reconcile` script call per user (auto-pipelined), and folds back
- * what Redis returns: anything other writers added in between is added to memory
+ * sends them in `reconcile` script calls of up to 200 users (one per user on Redis
+ * Cluster, auto-pipelined), and folds back what Redis returns: anything other writers added in between is added to memory
  * (Limitador's "learn remote deltas"). A failed flush puts its changes back — they are
  * never dropped while the user is in memory; evicted users' changes are kept up to a
  * bound, past which they are counted as dropped.
@@ -15,9 +15,9 @@
  * and only durability is delayed.
  */
 import type { Logger } from '../../observability/logger.js';
-import { decayedDebt } from '../../node/engine.js';
 import type { EffectiveLimits } from '../../node/limits.js';
-import { addPending, isDirty, type PendingWindow, type Shard, type ShardEntry } from '../../node/shard.js';
+import { decayedDebt, windowStart } from '../../node/engine.js';
+import { isDirty, markWindowsPending, type Shard, type ShardEntry } from '../../node/shard.js';
 import type { RedisConnection } from './connection.js';
 import type { RedisScripts, Surprise, UserFlush, WindowFlush } from './scripts.js';
 
@@ -124,10 +124,8 @@ export class Reconciler {
     for (const userId of batch) {
       const entry = shard.peek(userId);
       if (entry === undefined) continue;
-      // Zero deltas for the current windows carry the full counts (see toFlush).
-      addPending(entry, 'm', entry.minuteStart, entry.limits.minuteMs, 0);
-      addPending(entry, 'h', entry.hourStart, entry.limits.hourMs, 0);
-      addPending(entry, 'd', entry.dayStart, entry.limits.dayMs, 0);
+      // Every current window is sent; each carries its full count (see toFlush).
+      markWindowsPending(entry);
       entry.bucketDirty = true;
       entry.graceDirty ||= entry.graceAt >= 0;
       if (entry.dirtySince === 0) entry.dirtySince = now;
@@ -212,13 +210,13 @@ export class Reconciler {
     this.refreshes = new Map();
     const { shard, scripts, clock } = this.options;
     const items: InFlight[] = [];
+    const rolledTo = clock();
     for (const [userId, waiters] of queued) {
       const entry = waiters[0]!.entry;
-      // Every current window is sent (zero deltas where nothing is pending) with a claimed
+      // The windows of now are sent (zero deltas where nothing is pending) with a claimed
       // total of 0: the memory of a stale entry is no claim, and Redis answers its totals.
-      addPending(entry, 'm', entry.minuteStart, entry.limits.minuteMs, 0);
-      addPending(entry, 'h', entry.hourStart, entry.limits.hourMs, 0);
-      addPending(entry, 'd', entry.dayStart, entry.limits.dayMs, 0);
+      rollWindowsTo(entry, rolledTo);
+      markWindowsPending(entry);
       shard.dirty.delete(userId);
       const graceIsNew = entry.graceDirty;
       const flush = this.toFlush(userId, entry);
@@ -255,7 +253,7 @@ export class Reconciler {
       if (entry !== undefined && entry.dayStart === dayStart) {
         entry.dayCount = 0;
         entry.graceAt = -1;
-        if (entry.pending) entry.pending = entry.pending.filter((w) => !(w.kind === 'd' && w.start === dayStart));
+        entry.pendingDay = -1;
       }
       await this.options.scripts.resetQuota(userId, limits, now);
     });
@@ -265,13 +263,11 @@ export class Reconciler {
 
   /** Takes the entry's pending changes into a flush (they are put back if it fails). */
   private toFlush(userId: string, entry: ShardEntry): UserFlush {
-    const windows: WindowFlush[] = (entry.pending ?? []).map((w) => ({
-      kind: w.kind,
-      start: w.start,
-      delta: w.delta,
-      full: this.currentCount(entry, w),
-      lengthMs: w.lengthMs,
-    }));
+    const { limits } = entry;
+    const windows: WindowFlush[] = [];
+    if (entry.pendingMinute >= 0) windows.push({ kind: 'm', start: entry.minuteStart, delta: entry.pendingMinute, full: entry.minuteCount, lengthMs: limits.minuteMs });
+    if (entry.pendingHour >= 0) windows.push({ kind: 'h', start: entry.hourStart, delta: entry.pendingHour, full: entry.hourCount, lengthMs: limits.hourMs });
+    if (entry.pendingDay >= 0) windows.push({ kind: 'd', start: entry.dayStart, delta: entry.pendingDay, full: entry.dayCount, lengthMs: limits.dayMs });
     const flush: UserFlush = {
       userId,
       writeBucket: entry.bucketDirty,
@@ -280,24 +276,21 @@ export class Reconciler {
       baseVersion: entry.version,
       baseDebt: entry.baseDebt,
       baseAt: entry.baseAt,
-      perMinute: entry.limits.perMinute,
-      dayMs: entry.limits.dayMs,
+      perMinute: limits.perMinute,
+      minuteMs: limits.minuteMs,
+      hourMs: limits.hourMs,
+      dayMs: limits.dayMs,
       dayStart: entry.dayStart,
       graceAt: entry.graceAt,
       windows,
     };
-    entry.pending = null;
+    entry.pendingMinute = -1;
+    entry.pendingHour = -1;
+    entry.pendingDay = -1;
     entry.bucketDirty = false;
     entry.graceDirty = false;
     entry.dirtySince = 0;
     return flush;
-  }
-
-  /** The entry's count of window `w` if it is still the current one, else -1 (unknown). */
-  private currentCount(entry: ShardEntry, w: PendingWindow): number {
-    if (w.kind === 'm') return w.start === entry.minuteStart ? entry.minuteCount : -1;
-    if (w.kind === 'h') return w.start === entry.hourStart ? entry.hourCount : -1;
-    return w.start === entry.dayStart ? entry.dayCount : -1;
   }
 
   /**
@@ -347,7 +340,12 @@ export class Reconciler {
   /** Puts a failed flush's changes back in front of whatever came since. */
   private restore(item: InFlight): void {
     const { entry, flush, userId } = item;
-    for (const w of flush.windows) addPending(entry, w.kind, w.start, w.lengthMs, w.delta);
+    // Changes of a window that has ended since are not put back (see ShardEntry.pendingMinute).
+    for (const w of flush.windows) {
+      if (w.kind === 'm' && w.start === entry.minuteStart) entry.pendingMinute = Math.max(entry.pendingMinute, 0) + w.delta;
+      if (w.kind === 'h' && w.start === entry.hourStart) entry.pendingHour = Math.max(entry.pendingHour, 0) + w.delta;
+      if (w.kind === 'd' && w.start === entry.dayStart) entry.pendingDay = Math.max(entry.pendingDay, 0) + w.delta;
+    }
     entry.bucketDirty ||= flush.writeBucket;
     entry.graceDirty ||= flush.graceAt >= 0;
     entry.dirtySince = entry.dirtySince === 0 ? this.options.clock() : entry.dirtySince;
@@ -362,9 +360,20 @@ export class Reconciler {
       const entry = shard.peek(userId);
       if (entry === undefined) continue;
       if (entry.dirtySince > 0 && entry.dirtySince < oldest) oldest = entry.dirtySince;
-      for (const w of entry.pending ?? []) if (w.kind === 'd') requests += w.delta;
+      if (entry.pendingDay > 0) requests += entry.pendingDay;
     }
     metrics.pending(shard.dirty.size, requests);
     metrics.syncLagSeconds((now - oldest) / 1000);
   }
+}
+
+/** Moves an entry's windows that have ended to the windows of `now`, counting from 0. */
+function rollWindowsTo(entry: ShardEntry, now: number): void {
+  const { limits } = entry;
+  const minuteStart = windowStart(now, limits.minuteMs);
+  const hourStart = windowStart(now, limits.hourMs);
+  const dayStart = windowStart(now, limits.dayMs);
+  if (entry.minuteStart < minuteStart) [entry.minuteStart, entry.minuteCount, entry.pendingMinute] = [minuteStart, 0, -1];
+  if (entry.hourStart < hourStart) [entry.hourStart, entry.hourCount, entry.pendingHour] = [hourStart, 0, -1];
+  if (entry.dayStart < dayStart) [entry.dayStart, entry.dayCount, entry.pendingDay, entry.graceAt] = [dayStart, 0, -1, -1];
 }

@@ -2,11 +2,9 @@
   decide: one rate-limit decision, atomically, in Redis (docs/semantics.md).
   The same arithmetic as src/node/engine.ts, step for step; test/vectors runs both.
 
-  KEYS[1]  bucket "debt at version graceDay graceAt" (debt in units, times in ms; graceDay is
-           the start of the day window grace began in, -1 if none)
-  KEYS[2]  minute counter of the window containing ARGV now
-  KEYS[3]  hour counter of the window containing now
-  KEYS[4]  day (quota) counter of the window containing now
+  KEYS[1]  the user's state (keys.ts): 10 little-endian doubles
+           debt, debtAt, version, graceAt, minuteStart, minuteCount, hourStart, hourCount,
+           dayStart, dayCount — the engine's UserState plus the bucket's version
 
   ARGV  1 now (ms, from the deciding node)   2 cost (0 = peek)
         3 burst  4 perMinute  5 perHour  6 perDay  7 throttlePerMinute
@@ -37,20 +35,14 @@ local NEVER = math.huge
 
 local function fmt(x) return string.format('%.0f', x) end
 
--- The stored state, as the engine's UserState for the windows of `now`.
-local debt0, debtAt0, version0, graceDay0, graceAt0 = 0, 0, 0, -1, -1
+-- The stored state: the engine's UserState.
+local STATE = '<dddddddddd'
+local S = { debt = 0, debtAt = 0, version = 0, graceAt = -1, minuteStart = -1, minuteCount = 0, hourStart = -1, hourCount = 0, dayStart = -1, dayCount = 0 }
 local stored = redis.call('GET', KEYS[1])
-if stored then
-  local d, a, v, gd, ga = string.match(stored, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
-  debt0, debtAt0, version0, graceDay0, graceAt0 = tonumber(d), tonumber(a), tonumber(v), tonumber(gd), tonumber(ga)
+if stored and #stored == 80 then
+  S.debt, S.debtAt, S.version, S.graceAt, S.minuteStart, S.minuteCount, S.hourStart, S.hourCount, S.dayStart, S.dayCount =
+    struct.unpack(STATE, stored)
 end
-local S = {
-  debt = debt0, debtAt = debtAt0, version = version0,
-  minuteStart = now - (now % L.minuteMs), minuteCount = tonumber(redis.call('GET', KEYS[2])) or 0,
-  hourStart = now - (now % L.hourMs), hourCount = tonumber(redis.call('GET', KEYS[3])) or 0,
-  dayStart = now - (now % L.dayMs), dayCount = tonumber(redis.call('GET', KEYS[4])) or 0, graceAt = -1,
-}
-if graceDay0 == S.dayStart then S.graceAt = graceAt0 end
 
 local function decayedDebt(debt, debtAt, at, perMinute)
   if debt <= 0 then return 0 end
@@ -147,17 +139,24 @@ local version = S.version
 if charged > 0 then
   version = version + 1
   local debtAt = math.max(S.debtAt, now)
-  local graceDay, graceAt = graceDay0, graceAt0
-  if graceStarted then graceDay, graceAt = A.dayStart, now end
-  local expireAt = debtAt + math.ceil(debtAfter / L.perMinute)
-  if graceAt >= 0 then expireAt = math.max(expireAt, graceDay + L.dayMs) end
-  redis.call('SET', KEYS[1], fmt(debtAfter) .. ' ' .. fmt(debtAt) .. ' ' .. fmt(version) .. ' ' .. fmt(graceDay) .. ' ' .. fmt(graceAt),
-    'PXAT', fmt(expireAt + slack))
-  local keys = { KEYS[2], KEYS[3], KEYS[4] }
-  local ends = { A.minuteStart + L.minuteMs, A.hourStart + L.hourMs, A.dayStart + L.dayMs }
+  -- The charged windows; a newer one already stored (a writer with a later clock) keeps
+  -- its start and takes the charge, so no writer's count is lost.
+  local starts = { A.minuteStart, A.hourStart, A.dayStart }
+  local counts = { minuteUsed, hourUsed, dayUsed }
+  local graceAt = A.graceAt
+  if graceStarted then graceAt = now end
+  local previous = { { S.minuteStart, S.minuteCount }, { S.hourStart, S.hourCount }, { S.dayStart, S.dayCount } }
   for i = 1, 3 do
-    if redis.call('INCRBY', keys[i], charged) == charged then redis.call('PEXPIREAT', keys[i], fmt(ends[i] + slack)) end
+    if previous[i][1] > starts[i] then
+      starts[i], counts[i] = previous[i][1], previous[i][2] + charged
+      if i == 3 then graceAt = S.graceAt end
+    end
   end
+  local lengths = { L.minuteMs, L.hourMs, L.dayMs }
+  local expireAt = debtAt + math.ceil(debtAfter / L.perMinute)
+  for i = 1, 3 do expireAt = math.max(expireAt, starts[i] + lengths[i]) end
+  redis.call('SET', KEYS[1], struct.pack(STATE, debtAfter, debtAt, version, graceAt, starts[1], counts[1], starts[2], counts[2], starts[3], counts[3]),
+    'PXAT', fmt(expireAt + slack))
 end
 
 local code

@@ -1,19 +1,19 @@
 --[[
-  reset: an admin reset of a user's quota window: the day counter goes back to 0 and a
+  reset: an admin reset of a user's quota window: the day count goes back to 0 and a
   grace period begun in that window is forgotten. Run by the user's owner, in line with
   its flushes, so no flush can put the old count back.
 
-  KEYS[1] bucket "debt at version graceDay graceAt"   KEYS[2] day counter of the window
-  ARGV[1] start of that day window
+  KEYS[1] the user's state (keys.ts: 10 little-endian doubles)
+  ARGV[1] start of the day window
 
   Returns 1.
 ]]
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SET', KEYS[2], '0', 'KEEPTTL') end
+local STATE = '<dddddddddd'
 local stored = redis.call('GET', KEYS[1])
-if stored then
-  local d, a, v, gd = string.match(stored, '^(%S+) (%S+) (%S+) (%S+) %S+$')
-  if gd == ARGV[1] then
-    redis.call('SET', KEYS[1], d .. ' ' .. a .. ' ' .. v .. ' -1 -1', 'KEEPTTL')
+if stored and #stored == 80 then
+  local debt, at, version, graceAt, ms, mc, hs, hc, ds, dc = struct.unpack(STATE, stored)
+  if ds == tonumber(ARGV[1]) then
+    redis.call('SET', KEYS[1], struct.pack(STATE, debt, at, version, -1, ms, mc, hs, hc, ds, 0), 'KEEPTTL')
   end
 end
 return 1
