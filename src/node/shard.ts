@@ -62,11 +62,11 @@ export function isDirty(entry: ShardEntry): boolean {
   return entry.pendingMinute >= 0 || entry.pendingHour >= 0 || entry.pendingDay >= 0 || entry.bucketDirty || entry.graceDirty;
 }
 
-/** Marks every current window to be sent (with what it gained, or 0): a full write. */
+/** Marks every window the entry has to be sent (with what it gained, or 0): a full write. */
 export function markWindowsPending(entry: ShardEntry): void {
-  entry.pendingMinute = Math.max(entry.pendingMinute, 0);
-  entry.pendingHour = Math.max(entry.pendingHour, 0);
-  entry.pendingDay = Math.max(entry.pendingDay, 0);
+  if (entry.minuteStart >= 0) entry.pendingMinute = Math.max(entry.pendingMinute, 0);
+  if (entry.hourStart >= 0) entry.pendingHour = Math.max(entry.pendingHour, 0);
+  if (entry.dayStart >= 0) entry.pendingDay = Math.max(entry.pendingDay, 0);
 }
 
 export interface ShardOptions {
@@ -90,8 +90,8 @@ export interface ShardOptions {
  */
 export class Shard {
   private readonly entries: LRUCache<string, ShardEntry>;
-  /** Users with changes Redis has not seen. */
-  readonly dirty = new Set<string>();
+  /** Users with changes Redis has not seen, and their entries (oldest change first, mostly). */
+  readonly dirty = new Map<string, ShardEntry>();
   /** Evicted users whose changes are not flushed yet, oldest first. */
   readonly evictedDirty = new Map<string, ShardEntry>();
   /**
@@ -179,7 +179,7 @@ export class Shard {
       entry.bucketDirty = true;
       if (decision.graceStarted) entry.graceDirty = true;
       if (entry.dirtySince === 0) entry.dirtySince = now;
-      this.dirty.add(userId);
+      this.dirty.set(userId, entry);
     }
     return decision;
   }

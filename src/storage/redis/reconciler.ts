@@ -129,33 +129,38 @@ export class Reconciler {
       entry.bucketDirty = true;
       entry.graceDirty ||= entry.graceAt >= 0;
       if (entry.dirtySince === 0) entry.dirtySince = now;
-      shard.dirty.add(userId);
+      shard.dirty.set(userId, entry);
     }
   }
 
   private async flushOnce(): Promise<void> {
     const { shard, connection, metrics, clock } = this.options;
     const now = clock();
-    this.reportPending(now);
     if (!connection.connected) {
+      this.reportPending(now);
       metrics.partitioned(shard.dirty.size > 0 ? 1 : 0);
       return;
     }
     if (this.reseedQueue.length > 0) this.markReseeds();
-    if (shard.dirty.size === 0) {
+
+    // One pass takes the batch and measures what is pending (lag: the oldest change).
+    const pendingUsers = shard.dirty.size;
+    let oldest = now;
+    let requests = 0;
+    const batch: InFlight[] = [];
+    for (const [userId, entry] of shard.dirty) {
+      if (entry.dirtySince > 0 && entry.dirtySince < oldest) oldest = entry.dirtySince;
+      if (entry.pendingDay > 0) requests += entry.pendingDay;
+      if (batch.length >= this.options.maxBatch) continue;
+      shard.dirty.delete(userId);
+      if (isDirty(entry)) batch.push({ userId, entry, flush: this.toFlush(userId, entry) });
+    }
+    metrics.pending(pendingUsers, requests);
+    metrics.syncLagSeconds((now - oldest) / 1000);
+    if (batch.length === 0) {
       metrics.partitioned(0);
       return;
     }
-
-    const batch: InFlight[] = [];
-    for (const userId of shard.dirty) {
-      if (batch.length >= this.options.maxBatch) break;
-      const entry = shard.peek(userId);
-      shard.dirty.delete(userId);
-      if (entry === undefined || !isDirty(entry)) continue;
-      batch.push({ userId, entry, flush: this.toFlush(userId, entry) });
-    }
-    if (batch.length === 0) return;
 
     const started = Date.now();
     const chunks: InFlight[][] = [];
@@ -324,10 +329,10 @@ export class Reconciler {
       // flush adds what others added.
       const reported = surprise === undefined ? -1 : w.kind === 'm' ? surprise.minute : w.kind === 'h' ? surprise.hour : surprise.day;
       const total = reported >= 0 ? reported : w.full;
-      const next = (current: number): number => (item.refresh ? total : current + Math.max(0, total - w.full));
-      if (w.kind === 'm' && w.start === entry.minuteStart) entry.minuteCount = next(entry.minuteCount);
-      if (w.kind === 'h' && w.start === entry.hourStart) entry.hourCount = next(entry.hourCount);
-      if (w.kind === 'd' && w.start === entry.dayStart) entry.dayCount = next(entry.dayCount);
+      const others = Math.max(0, total - w.full);
+      if (w.kind === 'm' && w.start === entry.minuteStart) entry.minuteCount = item.refresh ? total : entry.minuteCount + others;
+      if (w.kind === 'h' && w.start === entry.hourStart) entry.hourCount = item.refresh ? total : entry.hourCount + others;
+      if (w.kind === 'd' && w.start === entry.dayStart) entry.dayCount = item.refresh ? total : entry.dayCount + others;
     }
     const redisGrace =
       surprise === undefined ? flush.graceAt : surprise.graceAt >= 0 && surprise.graceDay === entry.dayStart ? surprise.graceAt : -1;
@@ -349,16 +354,14 @@ export class Reconciler {
     entry.bucketDirty ||= flush.writeBucket;
     entry.graceDirty ||= flush.graceAt >= 0;
     entry.dirtySince = entry.dirtySince === 0 ? this.options.clock() : entry.dirtySince;
-    this.options.shard.dirty.add(userId);
+    this.options.shard.dirty.set(userId, entry);
   }
 
   private reportPending(now: number): void {
     const { shard, metrics } = this.options;
     let oldest = now;
     let requests = 0;
-    for (const userId of shard.dirty) {
-      const entry = shard.peek(userId);
-      if (entry === undefined) continue;
+    for (const entry of shard.dirty.values()) {
       if (entry.dirtySince > 0 && entry.dirtySince < oldest) oldest = entry.dirtySince;
       if (entry.pendingDay > 0) requests += entry.pendingDay;
     }
