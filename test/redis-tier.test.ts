@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { BuiltNode } from '../src/worker.js';
 import { readStoredState, stateKey } from '../src/storage/redis/keys.js';
+import { FLUSH, FlushBatch } from '../src/storage/redis/scripts.js';
 import { ManualClock, postJson, testNode } from './helpers/app.js';
 import { RedisServer } from './helpers/redis-server.js';
 
@@ -230,11 +231,14 @@ describe('one key per user: the window rules of the scripts', () => {
     tier: 't', burst: 100, perMinute: 100, perHour: 1000, perDay: 10_000, throttlePerMinute: 1,
     quotaEnabled: true, overage: 'block' as const, graceMs: 0, minuteMs: MINUTE, hourMs: 60 * MINUTE, dayMs: DAY,
   };
-  const flush = (userId: string, windows: Array<{ kind: 'm' | 'h' | 'd'; start: number; delta: number; full: number }>) => ({
-    userId, writeBucket: false, ownerDebt: 0, ownerAt: 0, baseVersion: -1, baseDebt: 0, baseAt: 0, perMinute: 100,
-    minuteMs: MINUTE, hourMs: 60 * MINUTE, dayMs: DAY, dayStart: T0, graceAt: -1,
-    windows: windows.map((w) => ({ ...w, lengthMs: w.kind === 'm' ? MINUTE : w.kind === 'h' ? 60 * MINUTE : DAY })),
-  });
+  /** One user's flush with only the given windows sent (no bucket write, as an owner that never saw Redis). */
+  const flush = (userId: string, windows: Array<{ kind: 'm' | 'h' | 'd'; start: number; delta: number; full: number }>) => {
+    const batch = new FlushBatch(1);
+    const at = batch.add(userId);
+    batch.values.set([0, 0, 0, -1, 0, 0, 100, T0, -1, MINUTE, 60 * MINUTE, DAY], at);
+    for (const w of windows) batch.values.set([1, w.start, w.delta, w.full], at + FLUSH.windows + 4 * 'mhd'.indexOf(w.kind));
+    return batch;
+  };
 
   async function openScripts() {
     const { RedisConnection } = await import('../src/storage/redis/connection.js');
@@ -252,17 +256,17 @@ describe('one key per user: the window rules of the scripts', () => {
     const { connection, scripts } = await openScripts();
     const client = redis.client();
     try {
-      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0, delta: 3, full: -1 }, { kind: 'd', start: T0, delta: 3, full: -1 }])]);
-      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0, delta: 2, full: -1 }])]);
+      await scripts.reconcile(flush('w', [{ kind: 'm', start: T0, delta: 3, full: -1 }, { kind: 'd', start: T0, delta: 3, full: -1 }]));
+      await scripts.reconcile(flush('w', [{ kind: 'm', start: T0, delta: 2, full: -1 }]));
       expect(await readStoredState(client, 'w')).toMatchObject({ minuteStart: T0, minuteCount: 5, dayStart: T0, dayCount: 3 });
-      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0 + MINUTE, delta: 1, full: -1 }])]);
+      await scripts.reconcile(flush('w', [{ kind: 'm', start: T0 + MINUTE, delta: 1, full: -1 }]));
       expect(await readStoredState(client, 'w')).toMatchObject({ minuteStart: T0 + MINUTE, minuteCount: 1, dayCount: 3 });
       // A late delta of the minute that has ended changes nothing.
-      await scripts.reconcile([flush('w', [{ kind: 'm', start: T0, delta: 4, full: -1 }])]);
+      await scripts.reconcile(flush('w', [{ kind: 'm', start: T0, delta: 4, full: -1 }]));
       expect(await readStoredState(client, 'w')).toMatchObject({ minuteStart: T0 + MINUTE, minuteCount: 1 });
       // An owner's total re-seeds a count Redis lost.
       await client.del(stateKey('w'));
-      const surprises = await scripts.reconcile([flush('w', [{ kind: 'd', start: T0, delta: 1, full: 9 }])]);
+      const surprises = await scripts.reconcile(flush('w', [{ kind: 'd', start: T0, delta: 1, full: 9 }]));
       expect(await readStoredState(client, 'w')).toMatchObject({ dayStart: T0, dayCount: 9 });
       expect(surprises.size).toBe(0);
       // load answers the counts of the windows asked for, 0 for others.

@@ -19,7 +19,7 @@ import type { EffectiveLimits } from '../../node/limits.js';
 import { decayedDebt, windowStart } from '../../node/engine.js';
 import { isDirty, markWindowsPending, type Shard, type ShardEntry } from '../../node/shard.js';
 import type { RedisConnection } from './connection.js';
-import type { RedisScripts, Surprise, UserFlush, WindowFlush } from './scripts.js';
+import { FLUSH, FLUSH_STRIDE, FlushBatch, type RedisScripts, type Surprise } from './scripts.js';
 
 export interface ReconcilerMetrics {
   partitioned(value: 0 | 1): void;
@@ -43,12 +43,12 @@ export interface ReconcilerOptions {
   clock: () => number;
 }
 
+/** A batch sent to Redis: the packed changes and, by position, the entries they came from. */
 interface InFlight {
-  userId: string;
-  entry: ShardEntry;
-  flush: UserFlush;
+  batch: FlushBatch;
+  entries: ShardEntry[];
   /** A refresh takes Redis's totals as the truth instead of adding what others added. */
-  refresh?: boolean;
+  refresh: boolean;
 }
 
 interface RefreshWaiter {
@@ -147,44 +147,51 @@ export class Reconciler {
     const pendingUsers = shard.dirty.size;
     let oldest = now;
     let requests = 0;
-    const batch: InFlight[] = [];
+    const flight: InFlight = { batch: new FlushBatch(Math.min(pendingUsers, this.options.maxBatch)), entries: [], refresh: false };
     for (const [userId, entry] of shard.dirty) {
       if (entry.dirtySince > 0 && entry.dirtySince < oldest) oldest = entry.dirtySince;
       if (entry.pendingDay > 0) requests += entry.pendingDay;
-      if (batch.length >= this.options.maxBatch) continue;
+      if (flight.entries.length >= this.options.maxBatch) continue;
       shard.dirty.delete(userId);
-      if (isDirty(entry)) batch.push({ userId, entry, flush: this.toFlush(userId, entry) });
+      if (isDirty(entry)) this.take(flight, userId, entry);
     }
     metrics.pending(pendingUsers, requests);
     metrics.syncLagSeconds((now - oldest) / 1000);
-    if (batch.length === 0) {
+    const users = flight.entries.length;
+    if (users === 0) {
       metrics.partitioned(0);
       return;
     }
 
     const started = Date.now();
-    const chunks: InFlight[][] = [];
-    for (let i = 0; i < batch.length; i += this.options.usersPerCall) chunks.push(batch.slice(i, i + this.options.usersPerCall));
-    const results = await Promise.allSettled(chunks.map((chunk) => this.options.scripts.reconcile(chunk.map((item) => item.flush))));
-    const doneAt = clock();
+    const calls: Array<Promise<void>> = [];
     let failed = 0;
-    results.forEach((result, c) => {
-      const chunk = chunks[c]!;
-      if (result.status === 'fulfilled') chunk.forEach((item, i) => this.adopt(item, result.value.get(i), doneAt));
-      else {
-        failed += chunk.length;
-        for (const item of chunk) this.restore(item);
-      }
-    });
+    let failure: unknown;
+    for (let from = 0; from < users; from += this.options.usersPerCall) {
+      const to = Math.min(users, from + this.options.usersPerCall);
+      calls.push(
+        this.options.scripts.reconcile(flight.batch, from, to).then(
+          (surprises) => {
+            const doneAt = clock();
+            for (let i = from; i < to; i++) this.adopt(flight, i, surprises.get(i), doneAt);
+          },
+          (err: unknown) => {
+            failed += to - from;
+            failure = err;
+            for (let i = from; i < to; i++) this.restore(flight, i);
+          },
+        ),
+      );
+    }
+    await Promise.all(calls);
     const seconds = (Date.now() - started) / 1000;
-    metrics.flushed(batch.length - failed, seconds);
+    metrics.flushed(users - failed, seconds);
     if (failed > 0) {
       metrics.flushFailed(failed);
       metrics.partitioned(1);
       if (Date.now() - this.lastFailureLogged > 10_000) {
         this.lastFailureLogged = Date.now();
-        const reason = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason as Error | undefined;
-        this.options.logger.warn({ failed, err: reason?.message }, 'flush to redis failed; changes kept for the next attempt');
+        this.options.logger.warn({ failed, err: (failure as Error | undefined)?.message }, 'flush to redis failed; changes kept for the next attempt');
       }
     } else {
       metrics.partitioned(0);
@@ -214,7 +221,7 @@ export class Reconciler {
     const queued = this.refreshes;
     this.refreshes = new Map();
     const { shard, scripts, clock } = this.options;
-    const items: InFlight[] = [];
+    const flight: InFlight = { batch: new FlushBatch(queued.size), entries: [], refresh: true };
     const rolledTo = clock();
     for (const [userId, waiters] of queued) {
       const entry = waiters[0]!.entry;
@@ -224,24 +231,31 @@ export class Reconciler {
       markWindowsPending(entry);
       shard.dirty.delete(userId);
       const graceIsNew = entry.graceDirty;
-      const flush = this.toFlush(userId, entry);
-      for (const w of flush.windows) if (w.full >= 0) w.full = 0;
-      if (!graceIsNew) flush.graceAt = -1;
-      items.push({ userId, entry, flush, refresh: true });
+      const at = this.take(flight, userId, entry);
+      const values = flight.batch.values;
+      for (let k = 0; k < 3; k++) if (values[at + FLUSH.windows + 4 * k + 3]! >= 0) values[at + FLUSH.windows + 4 * k + 3] = 0;
+      if (!graceIsNew) values[at + FLUSH.graceAt] = -1;
     }
-    for (let i = 0; i < items.length; i += this.options.usersPerCall) {
-      const chunk = items.slice(i, i + this.options.usersPerCall);
+    const users = flight.entries.length;
+    for (let from = 0; from < users; from += this.options.usersPerCall) {
+      const to = Math.min(users, from + this.options.usersPerCall);
+      const settle = (i: number, err?: unknown): void => {
+        for (const w of queued.get(flight.batch.userIds[i]!)!) {
+          if (err === undefined) w.resolve();
+          else w.reject(err);
+        }
+      };
       try {
-        const surprises = await scripts.reconcile(chunk.map((item) => item.flush));
+        const surprises = await scripts.reconcile(flight.batch, from, to);
         const now = clock();
-        chunk.forEach((item, j) => {
-          this.adopt(item, surprises.get(j), now);
-          for (const w of queued.get(item.userId)!) w.resolve();
-        });
+        for (let i = from; i < to; i++) {
+          this.adopt(flight, i, surprises.get(i), now);
+          settle(i);
+        }
       } catch (err) {
-        for (const item of chunk) {
-          this.restore(item);
-          for (const w of queued.get(item.userId)!) w.reject(err);
+        for (let i = from; i < to; i++) {
+          this.restore(flight, i);
+          settle(i, err);
         }
       }
     }
@@ -266,54 +280,60 @@ export class Reconciler {
     return run;
   }
 
-  /** Takes the entry's pending changes into a flush (they are put back if it fails). */
-  private toFlush(userId: string, entry: ShardEntry): UserFlush {
+  /**
+   * Takes the entry's pending changes into the batch (they are put back if the flush
+   * fails) and returns the offset of its record.
+   */
+  private take(flight: InFlight, userId: string, entry: ShardEntry): number {
     const { limits } = entry;
-    const windows: WindowFlush[] = [];
-    if (entry.pendingMinute >= 0) windows.push({ kind: 'm', start: entry.minuteStart, delta: entry.pendingMinute, full: entry.minuteCount, lengthMs: limits.minuteMs });
-    if (entry.pendingHour >= 0) windows.push({ kind: 'h', start: entry.hourStart, delta: entry.pendingHour, full: entry.hourCount, lengthMs: limits.hourMs });
-    if (entry.pendingDay >= 0) windows.push({ kind: 'd', start: entry.dayStart, delta: entry.pendingDay, full: entry.dayCount, lengthMs: limits.dayMs });
-    const flush: UserFlush = {
-      userId,
-      writeBucket: entry.bucketDirty,
-      ownerDebt: entry.debt,
-      ownerAt: entry.debtAt,
-      baseVersion: entry.version,
-      baseDebt: entry.baseDebt,
-      baseAt: entry.baseAt,
-      perMinute: limits.perMinute,
-      minuteMs: limits.minuteMs,
-      hourMs: limits.hourMs,
-      dayMs: limits.dayMs,
-      dayStart: entry.dayStart,
-      graceAt: entry.graceAt,
-      windows,
-    };
+    const at = flight.batch.add(userId);
+    flight.entries.push(entry);
+    const v = flight.batch.values;
+    v[at + FLUSH.writeBucket] = entry.bucketDirty ? 1 : 0;
+    v[at + FLUSH.ownerDebt] = entry.debt;
+    v[at + FLUSH.ownerAt] = entry.debtAt;
+    v[at + FLUSH.baseVersion] = entry.version;
+    v[at + FLUSH.baseDebt] = entry.baseDebt;
+    v[at + FLUSH.baseAt] = entry.baseAt;
+    v[at + FLUSH.perMinute] = limits.perMinute;
+    v[at + FLUSH.dayStart] = entry.dayStart;
+    v[at + FLUSH.graceAt] = entry.graceAt;
+    v[at + FLUSH.minuteMs] = limits.minuteMs;
+    v[at + FLUSH.hourMs] = limits.hourMs;
+    v[at + FLUSH.dayMs] = limits.dayMs;
+    putWindow(v, at + FLUSH.windows, entry.pendingMinute, entry.minuteStart, entry.minuteCount);
+    putWindow(v, at + FLUSH.windows + 4, entry.pendingHour, entry.hourStart, entry.hourCount);
+    putWindow(v, at + FLUSH.windows + 8, entry.pendingDay, entry.dayStart, entry.dayCount);
     entry.pendingMinute = -1;
     entry.pendingHour = -1;
     entry.pendingDay = -1;
     entry.bucketDirty = false;
     entry.graceDirty = false;
     entry.dirtySince = 0;
-    return flush;
+    return at;
   }
 
   /**
-   * Folds the flush's outcome into memory. Normally Redis now holds exactly what was
+   * Folds user `i`'s flush outcome into memory. Normally Redis now holds exactly what was
    * sent; a surprise (another writer, a lost key) adds what others contributed.
    */
-  private adopt(item: InFlight, surprise: Surprise | undefined, now: number): void {
-    const { entry, flush } = item;
+  private adopt(flight: InFlight, i: number, surprise: Surprise | undefined, now: number): void {
+    const entry = flight.entries[i]!;
+    const v = flight.batch.values;
+    const at = i * FLUSH_STRIDE;
+    const writeBucket = v[at + FLUSH.writeBucket] === 1;
+    const ownerDebt = v[at + FLUSH.ownerDebt]!;
+    const ownerAt = v[at + FLUSH.ownerAt]!;
     if (surprise === undefined) {
-      if (flush.writeBucket) {
-        entry.version = flush.baseVersion + 1;
-        entry.baseDebt = flush.ownerDebt;
-        entry.baseAt = flush.ownerAt;
+      if (writeBucket) {
+        entry.version = v[at + FLUSH.baseVersion]! + 1;
+        entry.baseDebt = ownerDebt;
+        entry.baseAt = ownerAt;
       }
     } else {
-      const perMinute = flush.perMinute;
-      const expectedDebt = flush.writeBucket ? flush.ownerDebt : entry.baseDebt;
-      const expectedAt = flush.writeBucket ? flush.ownerAt : entry.baseAt;
+      const perMinute = v[at + FLUSH.perMinute]!;
+      const expectedDebt = writeBucket ? ownerDebt : entry.baseDebt;
+      const expectedAt = writeBucket ? ownerAt : entry.baseAt;
       const others = decayedDebt(surprise.debt, surprise.debtAt, now, perMinute) - decayedDebt(expectedDebt, expectedAt, now, perMinute);
       if (others > 0) {
         entry.debt = decayedDebt(entry.debt, entry.debtAt, now, perMinute) + others;
@@ -323,38 +343,45 @@ export class Reconciler {
       entry.baseDebt = surprise.debt;
       entry.baseAt = surprise.debtAt;
     }
-    for (const w of flush.windows) {
-      if (w.full < 0) continue;
+    for (let k = 0; k < 3; k++) {
+      const w = at + FLUSH.windows + 4 * k;
+      const start = v[w + 1]!;
+      const full = v[w + 3]!;
+      if (v[w] !== 1 || full < 0) continue;
       // Unreported totals equal the claim. A refresh takes Redis's total as the count; a
       // flush adds what others added.
-      const reported = surprise === undefined ? -1 : w.kind === 'm' ? surprise.minute : w.kind === 'h' ? surprise.hour : surprise.day;
-      const total = reported >= 0 ? reported : w.full;
-      const others = Math.max(0, total - w.full);
-      if (w.kind === 'm' && w.start === entry.minuteStart) entry.minuteCount = item.refresh ? total : entry.minuteCount + others;
-      if (w.kind === 'h' && w.start === entry.hourStart) entry.hourCount = item.refresh ? total : entry.hourCount + others;
-      if (w.kind === 'd' && w.start === entry.dayStart) entry.dayCount = item.refresh ? total : entry.dayCount + others;
+      const reported = surprise === undefined ? -1 : k === 0 ? surprise.minute : k === 1 ? surprise.hour : surprise.day;
+      const total = reported >= 0 ? reported : full;
+      const others = Math.max(0, total - full);
+      if (k === 0 && start === entry.minuteStart) entry.minuteCount = flight.refresh ? total : entry.minuteCount + others;
+      if (k === 1 && start === entry.hourStart) entry.hourCount = flight.refresh ? total : entry.hourCount + others;
+      if (k === 2 && start === entry.dayStart) entry.dayCount = flight.refresh ? total : entry.dayCount + others;
     }
-    const redisGrace =
-      surprise === undefined ? flush.graceAt : surprise.graceAt >= 0 && surprise.graceDay === entry.dayStart ? surprise.graceAt : -1;
-    if (item.refresh) entry.graceAt = redisGrace;
+    const sentGrace = v[at + FLUSH.graceAt]!;
+    const redisGrace = surprise === undefined ? sentGrace : surprise.graceAt >= 0 && surprise.graceDay === entry.dayStart ? surprise.graceAt : -1;
+    if (flight.refresh) entry.graceAt = redisGrace;
     else if (redisGrace >= 0 && (entry.graceAt < 0 || redisGrace < entry.graceAt)) entry.graceAt = redisGrace;
     // An evicted user is kept aside only until its changes are in Redis.
-    if (!isDirty(entry)) this.options.shard.forgetEvicted(item.userId, entry);
+    if (!isDirty(entry)) this.options.shard.forgetEvicted(flight.batch.userIds[i]!, entry);
   }
 
-  /** Puts a failed flush's changes back in front of whatever came since. */
-  private restore(item: InFlight): void {
-    const { entry, flush, userId } = item;
+  /** Puts user `i`'s failed changes back in front of whatever came since. */
+  private restore(flight: InFlight, i: number): void {
+    const entry = flight.entries[i]!;
+    const v = flight.batch.values;
+    const at = i * FLUSH_STRIDE;
     // Changes of a window that has ended since are not put back (see ShardEntry.pendingMinute).
-    for (const w of flush.windows) {
-      if (w.kind === 'm' && w.start === entry.minuteStart) entry.pendingMinute = Math.max(entry.pendingMinute, 0) + w.delta;
-      if (w.kind === 'h' && w.start === entry.hourStart) entry.pendingHour = Math.max(entry.pendingHour, 0) + w.delta;
-      if (w.kind === 'd' && w.start === entry.dayStart) entry.pendingDay = Math.max(entry.pendingDay, 0) + w.delta;
-    }
-    entry.bucketDirty ||= flush.writeBucket;
-    entry.graceDirty ||= flush.graceAt >= 0;
+    const back = (k: number, start: number, pending: number): number => {
+      const w = at + FLUSH.windows + 4 * k;
+      return v[w] === 1 && v[w + 1] === start ? Math.max(pending, 0) + v[w + 2]! : pending;
+    };
+    entry.pendingMinute = back(0, entry.minuteStart, entry.pendingMinute);
+    entry.pendingHour = back(1, entry.hourStart, entry.pendingHour);
+    entry.pendingDay = back(2, entry.dayStart, entry.pendingDay);
+    entry.bucketDirty ||= v[at + FLUSH.writeBucket] === 1;
+    entry.graceDirty ||= v[at + FLUSH.graceAt]! >= 0;
     entry.dirtySince = entry.dirtySince === 0 ? this.options.clock() : entry.dirtySince;
-    this.options.shard.dirty.set(userId, entry);
+    this.options.shard.dirty.set(flight.batch.userIds[i]!, entry);
   }
 
   private reportPending(now: number): void {
@@ -379,4 +406,12 @@ function rollWindowsTo(entry: ShardEntry, now: number): void {
   if (entry.minuteStart < minuteStart) [entry.minuteStart, entry.minuteCount, entry.pendingMinute] = [minuteStart, 0, -1];
   if (entry.hourStart < hourStart) [entry.hourStart, entry.hourCount, entry.pendingHour] = [hourStart, 0, -1];
   if (entry.dayStart < dayStart) [entry.dayStart, entry.dayCount, entry.pendingDay, entry.graceAt] = [dayStart, 0, -1, -1];
+}
+
+/** One window of a flush record: sent only if it has a pending change (≥ 0). */
+function putWindow(v: Float64Array, w: number, pending: number, start: number, count: number): void {
+  v[w] = pending >= 0 ? 1 : 0;
+  v[w + 1] = start;
+  v[w + 2] = Math.max(pending, 0);
+  v[w + 3] = count;
 }

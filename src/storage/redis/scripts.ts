@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { endianness } from 'node:os';
 import type { Decision, DecisionCode } from '../../node/engine.js';
 import type { EffectiveLimits, LimitName } from '../../node/limits.js';
 import type { RedisClient, RedisConnection } from './connection.js';
@@ -35,33 +36,52 @@ export interface StoredUserState {
   graceAt: number;
 }
 
-export interface WindowFlush {
-  kind: 'm' | 'h' | 'd';
-  start: number;
-  /** Added since the last successful flush. */
-  delta: number;
-  /** What the owner believes the total is (-1 unknown); re-seeds a lost key. */
-  full: number;
-  lengthMs: number;
-}
+/**
+ * Where each figure of a user's flush lies in a {@link FlushBatch} record: the owner's
+ * bucket (written if `writeBucket` is 1) and what it last saw of Redis's (`baseVersion`
+ * -1: never), its current day window and when grace began in it (-1 none), the window
+ * lengths, then the minute, hour and day windows at `windows + 4 × k` (k = 0, 1, 2):
+ * sent (1/0), start, delta since the last flush, full (what the owner believes the total
+ * is, -1 unknown; it re-seeds a lost key).
+ */
+export const FLUSH = {
+  writeBucket: 0, ownerDebt: 1, ownerAt: 2, baseVersion: 3, baseDebt: 4, baseAt: 5, perMinute: 6,
+  dayStart: 7, graceAt: 8, minuteMs: 9, hourMs: 10, dayMs: 11, windows: 12,
+} as const;
+/** Doubles per user record (reconcile.lua reads the same layout). */
+export const FLUSH_STRIDE = 24;
 
-export interface UserFlush {
-  userId: string;
-  writeBucket: boolean;
-  ownerDebt: number;
-  ownerAt: number;
-  /** Bucket version the owner last saw in Redis, -1 if it never did. */
-  baseVersion: number;
-  baseDebt: number;
-  baseAt: number;
-  perMinute: number;
-  minuteMs: number;
-  hourMs: number;
-  dayMs: number;
-  /** The owner's current day window, and when grace began in it as far as it knows (-1 none). */
-  dayStart: number;
-  graceAt: number;
-  windows: WindowFlush[];
+const LITTLE_ENDIAN = endianness() === 'LE';
+
+/**
+ * Users' changes packed exactly as the reconcile script reads them (doubles, which
+ * `struct.unpack` reads far more cheaply than numbers in text). The reconciler keeps the
+ * batch as its record of what it sent, to adopt Redis's answer or put changes back.
+ */
+export class FlushBatch {
+  readonly userIds: string[] = [];
+  readonly values: Float64Array;
+
+  constructor(capacity: number) {
+    this.values = new Float64Array(capacity * FLUSH_STRIDE);
+  }
+
+  get size(): number {
+    return this.userIds.length;
+  }
+
+  /** Appends a user; returns the offset of its record, which the caller fills in. */
+  add(userId: string): number {
+    const offset = this.userIds.length * FLUSH_STRIDE;
+    this.userIds.push(userId);
+    return offset;
+  }
+
+  /** Users `from` to `to` (exclusive) as the bytes the script reads, little-endian. */
+  bytes(from: number, to: number): Buffer {
+    const view = Buffer.from(this.values.buffer, this.values.byteOffset + from * FLUSH_STRIDE * 8, (to - from) * FLUSH_STRIDE * 8);
+    return LITTLE_ENDIAN ? view : Buffer.from(view).swap64();
+  }
 }
 
 /** What Redis holds for a user where it differs from what the owner believes. */
@@ -77,10 +97,6 @@ export interface Surprise {
   day: number;
 }
 
-const KIND_CODE = { m: 1, h: 2, d: 3 } as const;
-/** Doubles per user and per window in a packed reconcile call (reconcile.lua). */
-const USER_DOUBLES = 13;
-const WINDOW_DOUBLES = 4;
 
 export class RedisScripts {
   private readonly registered = new WeakSet<RedisClient>();
@@ -143,56 +159,26 @@ export class RedisScripts {
   }
 
   /**
-   * Applies a batch of users' pending changes in one script call. Returns, by position
-   * in `flushes`, only the users whose state in Redis differs from what their owner
-   * believes (other writers, lost keys); everyone else was written exactly as sent, with
-   * bucket version base + 1. On Redis Cluster every user is its own call (one slot per
-   * script), auto-pipelined.
+   * Applies the pending changes of users `from` to `to` of a batch in one script call.
+   * Returns, by position in the batch, only the users whose state in Redis differs from
+   * what their owner believes (other writers, lost keys); everyone else was written
+   * exactly as sent, with bucket version base + 1. On Redis Cluster every user is its
+   * own call (one slot per script), auto-pipelined.
    */
-  async reconcile(flushes: UserFlush[]): Promise<Map<number, Surprise>> {
+  async reconcile(batch: FlushBatch, from = 0, to = batch.size): Promise<Map<number, Surprise>> {
     const surprises = new Map<number, Surprise>();
-    if (flushes.length === 0) return surprises;
-    if (this.connection.settings.topology === 'cluster' && flushes.length > 1) {
-      const parts = await Promise.all(flushes.map((f) => this.reconcile([f])));
-      parts.forEach((part, i) => part.forEach((s) => surprises.set(i, s)));
+    if (to <= from) return surprises;
+    if (this.connection.settings.topology === 'cluster' && to - from > 1) {
+      const parts = await Promise.all(batch.userIds.slice(from, to).map((_, i) => this.reconcile(batch, from + i, from + i + 1)));
+      for (const part of parts) for (const [i, s] of part) surprises.set(i, s);
       return surprises;
     }
-    const keys: string[] = [];
-    let doubles = 0;
-    for (const f of flushes) doubles += USER_DOUBLES + WINDOW_DOUBLES * f.windows.length;
-    // Packed as doubles: the script reads them with struct.unpack, far cheaper for Redis
-    // than parsing numbers out of text.
-    const packed = Buffer.allocUnsafe(doubles * 8);
-    let at = 0;
-    const put = (x: number): void => {
-      at = packed.writeDoubleLE(x, at);
-    };
-    for (const f of flushes) {
-      keys.push(stateKey(f.userId));
-      put(f.writeBucket ? 1 : 0);
-      put(f.ownerDebt);
-      put(f.ownerAt);
-      put(f.baseVersion);
-      put(f.baseDebt);
-      put(f.baseAt);
-      put(f.perMinute);
-      put(f.dayStart);
-      put(f.graceAt);
-      put(f.minuteMs);
-      put(f.hourMs);
-      put(f.dayMs);
-      put(f.windows.length);
-      for (const w of f.windows) {
-        put(KIND_CODE[w.kind]);
-        put(w.start);
-        put(w.delta);
-        put(w.full);
-      }
-    }
+    const keys = batch.userIds.slice(from, to).map((userId) => stateKey(userId));
+    const packed = batch.bytes(from, to);
     const r = await this.commands().rlReconcile(keys.length, ...keys, packed, this.slackMs);
     for (let i = 0; i < r.length; i += 9) {
       const n = (k: number): number => Number(r[i + k]);
-      surprises.set(n(0) - 1, { debt: n(1), debtAt: n(2), version: n(3), graceDay: n(4), graceAt: n(5), minute: n(6), hour: n(7), day: n(8) });
+      surprises.set(from + n(0) - 1, { debt: n(1), debtAt: n(2), version: n(3), graceDay: n(4), graceAt: n(5), minute: n(6), hour: n(7), day: n(8) });
     }
     return surprises;
   }

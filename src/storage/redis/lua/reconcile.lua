@@ -21,12 +21,12 @@
   start of a day window wins.
 
   KEYS     one per user: its state key.
-  ARGV[1]  the users, packed as little-endian doubles (struct '<d'), per user 13:
-             writeBucket (1/0), ownerDebt, ownerAt, baseVersion (-1 unknown), baseDebt,
-             baseAt, perMinute, dayStart (the owner's current day window), graceAt (when
-             grace began in it as far as the owner knows, -1 none), minuteMs, hourMs,
-             dayMs, windowCount,
-           then 4 per window: kind (1 minute, 2 hour, 3 day), start, delta, full (-1 unknown)
+  ARGV[1]  the users, packed as little-endian doubles (struct '<d'), 24 per user
+           (scripts.ts FLUSH): writeBucket (1/0), ownerDebt, ownerAt, baseVersion
+           (-1 unknown), baseDebt, baseAt, perMinute, dayStart (the owner's current day
+           window), graceAt (when grace began in it as far as the owner knows, -1 none),
+           minuteMs, hourMs, dayMs, then for the minute, hour and day windows in turn:
+           sent (1/0), start, delta, full (-1 unknown)
   ARGV[2]  slack ms: how long a key outlives its last window (and the time its bucket is full)
 
   Returns only the users Redis surprised (a writer other than the owner, lost keys, grace
@@ -35,7 +35,7 @@
   owner sent no current count). Everyone else is exactly as the owner believes.
 ]==]
 local STATE = '<dddddddddd'
-local USER = '<ddddddddddddd'
+local USER = '<dddddddddddd'
 local WINDOW = '<dddd'
 local STATE_BYTES = 80
 
@@ -55,8 +55,8 @@ local pos = 1
 local out = {}
 for index = 1, #KEYS do
   local key = KEYS[index]
-  local wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs, windows
-  wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs, windows, pos =
+  local wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs
+  wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs, pos =
     struct.unpack(USER, packed, pos)
 
   local surprised = false
@@ -89,16 +89,16 @@ for index = 1, #KEYS do
   end
 
   local totals = { -1, -1, -1 }
-  for _ = 1, windows do
-    local kind, start, delta, full
-    kind, start, delta, full, pos = struct.unpack(WINDOW, packed, pos)
-    if start > starts[kind] then
+  for kind = 1, 3 do
+    local sent, start, delta, full
+    sent, start, delta, full, pos = struct.unpack(WINDOW, packed, pos)
+    if sent == 1 and start > starts[kind] then
       -- A newer window replaces the stored one (grace belongs to its day window).
       starts[kind], counts[kind] = start, 0
       if kind == 3 then graceAt = -1 end
       changed = true
     end
-    if start == starts[kind] then
+    if sent == 1 and start == starts[kind] then
       local total = counts[kind] + delta
       if total < full then total = full end
       if total ~= counts[kind] then counts[kind], changed = total, true end
