@@ -107,8 +107,9 @@ export class KeyResolver {
   resolve(key: string): KeyCheck | Promise<KeyCheck> {
     if (key.length !== API_KEY_LENGTH) return INVALID;
     const hash = hashApiKey(key);
-    const known = this.cache.getFound(hash);
-    if (known !== undefined) return this.answerKey(known);
+    const now = this.clock();
+    const known = this.cache.getFound(hash, now);
+    if (known !== undefined) return this.answerKey(known, now);
     if (checkApiKeyFormat(key) !== 'ok') return INVALID;
     const found = this.cache.get(hash);
     return found instanceof Promise ? found.then((lookup) => this.answer(lookup)) : this.answer(found);
@@ -170,9 +171,8 @@ export class KeyResolver {
     return this.answerKey(found.value);
   }
 
-  private answerKey(key: CachedKey): KeyCheck {
+  private answerKey(key: CachedKey, now = this.clock()): KeyCheck {
     if (key.lookup.revokedAt !== null) return key.revoked;
-    const now = this.clock();
     if (key.lookup.expiresAt !== null && key.lookup.expiresAt <= now) return key.expired;
     if (now - key.recordedAt >= LAST_USED_RESOLUTION_MS) this.recordUse(key, now);
     return key.valid;
