@@ -278,7 +278,7 @@ async function writeRows(tx: Queryable, rows: UsageRow[]): Promise<void> {
   for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) {
     const chunk = rows
       .slice(start, start + ROWS_PER_STATEMENT)
-      .map((row) => ({ b: row.bucket, u: row.userId, k: row.keyId, t: row.tier, c: Array.from(row.counts) }));
+      .map((row) => ({ b: row.bucket, u: row.userId, k: row.keyId, t: row.tier, c: row.counts }));
     await tx.query(WRITE_SQL, [JSON.stringify(chunk)]);
   }
 }

@@ -40,17 +40,20 @@ export interface UsageKey {
 }
 
 export interface UsageRow extends UsageKey {
-  counts: Float64Array;
+  /** A plain array, not a typed one: a row per user and minute is made on the request path, and small typed arrays cost the GC an off-heap buffer each. */
+  counts: number[];
 }
 
 export const MINUTE_MS = 60_000;
 export const HOUR_MS = 3_600_000;
 export const DAY_MS = 86_400_000;
 
-export function newCounts(): Float64Array {
-  return new Float64Array(COUNTERS.length);
+const ZEROS: readonly number[] = COUNTERS.map(() => 0);
+
+export function newCounts(): number[] {
+  return ZEROS.slice();
 }
 
-export function addCounts(into: Float64Array, from: Float64Array): void {
+export function addCounts(into: number[], from: readonly number[]): void {
   for (let i = 0; i < into.length; i++) into[i]! += from[i]!;
 }
