@@ -14,8 +14,8 @@ function tag(userId: string): string {
 
 /**
  * A user's whole rate-limit state lives in one key, `rl:{<user>}:s`, so a flush or a
- * decision is one GET and one SET (measured: a quarter of the Redis CPU of a key per
- * window, see docs/durability.md). The value is {@link STATE_FIELDS} as little-endian
+ * decision is one GET and one SET (by hand, in a script micro-benchmark: a quarter of the
+ * Redis CPU of a key per window; see docs/durability.md). The value is {@link STATE_FIELDS} as little-endian
  * doubles (Lua's `struct.pack('<dddddddddd', …)`); counts and millisecond times are
  * integers well inside a double's exact range. A window's count belongs to the window
  * starting at its start; a newer window replaces it; `graceAt` belongs to the day window.

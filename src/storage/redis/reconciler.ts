@@ -4,8 +4,8 @@
  * Decisions never wait on Redis: they charge memory and leave a pending change per
  * window. Every sync interval this loop takes the pending changes of every dirty user,
  * sends them in `reconcile` script calls of up to 200 users (one per user on Redis
- * Cluster, auto-pipelined), and folds back what Redis returns: anything other writers added in between is added to memory
- * (Limitador's "learn remote deltas"). A failed flush puts its changes back — they are
+ * Cluster, auto-pipelined), and folds back what Redis returns: anything other writers
+ * added in between is added to memory (Limitador's "learn remote deltas"). A failed flush puts its changes back — they are
  * never dropped while the user is in memory; evicted users' changes are kept up to a
  * bound, past which they are counted as dropped.
  *
@@ -19,7 +19,7 @@ import type { EffectiveLimits } from '../../node/limits.js';
 import { decayedDebt, windowStart } from '../../node/engine.js';
 import { isDirty, markWindowsPending, type Shard, type ShardEntry } from '../../node/shard.js';
 import type { RedisConnection } from './connection.js';
-import { FLUSH, FLUSH_STRIDE, FlushBatch, type RedisScripts, type Surprise } from './scripts.js';
+import { FLUSH, FLUSH_STRIDE, FLUSH_WINDOW, FlushBatch, type RedisScripts, type Surprise } from './scripts.js';
 
 export interface ReconcilerMetrics {
   partitioned(value: 0 | 1): void;
@@ -233,7 +233,7 @@ export class Reconciler {
       const graceIsNew = entry.graceDirty;
       const at = this.take(flight, userId, entry);
       const values = flight.batch.values;
-      for (let k = 0; k < 3; k++) if (values[at + FLUSH.windows + 4 * k + 3]! >= 0) values[at + FLUSH.windows + 4 * k + 3] = 0;
+      for (let k = 0; k < 3; k++) values[at + FLUSH.windows + 4 * k + FLUSH_WINDOW.full] = 0;
       if (!graceIsNew) values[at + FLUSH.graceAt] = -1;
     }
     const users = flight.entries.length;
@@ -345,9 +345,9 @@ export class Reconciler {
     }
     for (let k = 0; k < 3; k++) {
       const w = at + FLUSH.windows + 4 * k;
-      const start = v[w + 1]!;
-      const full = v[w + 3]!;
-      if (v[w] !== 1 || full < 0) continue;
+      const start = v[w + FLUSH_WINDOW.start]!;
+      const full = v[w + FLUSH_WINDOW.full]!;
+      if (v[w + FLUSH_WINDOW.sent] !== 1 || full < 0) continue;
       // Unreported totals equal the claim. A refresh takes Redis's total as the count; a
       // flush adds what others added.
       const reported = surprise === undefined ? -1 : k === 0 ? surprise.minute : k === 1 ? surprise.hour : surprise.day;
@@ -373,7 +373,7 @@ export class Reconciler {
     // Changes of a window that has ended since are not put back (see ShardEntry.pendingMinute).
     const back = (k: number, start: number, pending: number): number => {
       const w = at + FLUSH.windows + 4 * k;
-      return v[w] === 1 && v[w + 1] === start ? Math.max(pending, 0) + v[w + 2]! : pending;
+      return v[w + FLUSH_WINDOW.sent] === 1 && v[w + FLUSH_WINDOW.start] === start ? Math.max(pending, 0) + v[w + FLUSH_WINDOW.delta]! : pending;
     };
     entry.pendingMinute = back(0, entry.minuteStart, entry.pendingMinute);
     entry.pendingHour = back(1, entry.hourStart, entry.pendingHour);
@@ -410,8 +410,8 @@ function rollWindowsTo(entry: ShardEntry, now: number): void {
 
 /** One window of a flush record: sent only if it has a pending change (≥ 0). */
 function putWindow(v: Float64Array, w: number, pending: number, start: number, count: number): void {
-  v[w] = pending >= 0 ? 1 : 0;
-  v[w + 1] = start;
-  v[w + 2] = Math.max(pending, 0);
-  v[w + 3] = count;
+  v[w + FLUSH_WINDOW.sent] = pending >= 0 ? 1 : 0;
+  v[w + FLUSH_WINDOW.start] = start;
+  v[w + FLUSH_WINDOW.delta] = Math.max(pending, 0);
+  v[w + FLUSH_WINDOW.full] = count;
 }

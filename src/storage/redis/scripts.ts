@@ -48,6 +48,8 @@ export const FLUSH = {
   writeBucket: 0, ownerDebt: 1, ownerAt: 2, baseVersion: 3, baseDebt: 4, baseAt: 5, perMinute: 6,
   dayStart: 7, graceAt: 8, minuteMs: 9, hourMs: 10, dayMs: 11, windows: 12,
 } as const;
+/** Offsets within a window's four figures (at `FLUSH.windows + 4 × k`). */
+export const FLUSH_WINDOW = { sent: 0, start: 1, delta: 2, full: 3 } as const;
 /** Doubles per user record (reconcile.lua reads the same layout). */
 export const FLUSH_STRIDE = 24;
 
