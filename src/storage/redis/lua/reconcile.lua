@@ -35,8 +35,7 @@
   owner sent no current count). Everyone else is exactly as the owner believes.
 ]==]
 local STATE = '<dddddddddd'
-local USER = '<dddddddddddd'
-local WINDOW = '<dddd'
+local USER = '<dddddddddddddddddddddddd'
 local STATE_BYTES = 80
 
 local function decayed(debt, at, now, perMinute)
@@ -48,24 +47,44 @@ local function decayed(debt, at, now, perMinute)
   return debt - repaid
 end
 
+-- One window of one user, stored as (storedStart, storedCount), and what the owner sent
+-- for it. A newer window replaces the stored one; a delta for an older one is ignored.
+-- Returns the new start and count, whether they changed, the total to report (-1: the
+-- owner claimed none) and whether it differs from the owner's claim.
+local function window(storedStart, storedCount, sent, start, delta, full)
+  if sent ~= 1 then return storedStart, storedCount, false, -1, false end
+  local changed = false
+  if start > storedStart then storedStart, storedCount, changed = start, 0, true end
+  if start ~= storedStart then return storedStart, storedCount, changed, -1, false end
+  local total = storedCount + delta
+  if total < full then total = full end
+  if total ~= storedCount then changed = true end
+  if full < 0 then return storedStart, total, changed, -1, false end
+  return storedStart, total, changed, total, total ~= full
+end
+
 local packed = ARGV[1]
 local slack = tonumber(ARGV[2])
 local pos = 1
+local unpack = struct.unpack
+local call = redis.call
 
 local out = {}
+local n = 0
 for index = 1, #KEYS do
   local key = KEYS[index]
-  local wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs
-  wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs, pos =
-    struct.unpack(USER, packed, pos)
+  local wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs,
+    mSent, mStart, mDelta, mFull, hSent, hStart, hDelta, hFull, dSent, dStart, dDelta, dFull
+  wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs,
+    mSent, mStart, mDelta, mFull, hSent, hStart, hDelta, hFull, dSent, dStart, dDelta, dFull, pos = unpack(USER, packed, pos)
 
   local surprised = false
   local changed = false
   local debt, at, version, graceAt = 0, 0, 0, -1
-  local starts, counts = { -1, -1, -1 }, { 0, 0, 0 }
-  local stored = redis.call('GET', key)
+  local m0, mc, h0, hc, d0, dc = -1, 0, -1, 0, -1, 0
+  local stored = call('GET', key)
   if stored and #stored == STATE_BYTES then
-    debt, at, version, graceAt, starts[1], counts[1], starts[2], counts[2], starts[3], counts[3] = struct.unpack(STATE, stored)
+    debt, at, version, graceAt, m0, mc, h0, hc, d0, dc = unpack(STATE, stored)
   else
     stored = nil
     if baseVersion >= 0 then surprised = true end -- Redis lost the key (re-seeded below)
@@ -88,30 +107,19 @@ for index = 1, #KEYS do
     surprised = true
   end
 
-  local totals = { -1, -1, -1 }
-  for kind = 1, 3 do
-    local sent, start, delta, full
-    sent, start, delta, full, pos = struct.unpack(WINDOW, packed, pos)
-    if sent == 1 and start > starts[kind] then
-      -- A newer window replaces the stored one (grace belongs to its day window).
-      starts[kind], counts[kind] = start, 0
-      if kind == 3 then graceAt = -1 end
-      changed = true
-    end
-    if sent == 1 and start == starts[kind] then
-      local total = counts[kind] + delta
-      if total < full then total = full end
-      if total ~= counts[kind] then counts[kind], changed = total, true end
-      if full >= 0 then
-        totals[kind] = total
-        if total ~= full then surprised = true end
-      end
-    end
-  end
+  local mTotal, hTotal, dTotal, c, s
+  m0, mc, c, mTotal, s = window(m0, mc, mSent, mStart, mDelta, mFull)
+  changed, surprised = changed or c, surprised or s
+  h0, hc, c, hTotal, s = window(h0, hc, hSent, hStart, hDelta, hFull)
+  changed, surprised = changed or c, surprised or s
+  local previousDay = d0
+  d0, dc, c, dTotal, s = window(d0, dc, dSent, dStart, dDelta, dFull)
+  changed, surprised = changed or c, surprised or s
+  if d0 ~= previousDay then graceAt = -1 end -- grace belongs to its day window
 
-  local graceHere = graceAt >= 0 and starts[3] == ownerDay
-  if ownerGrace >= 0 and ownerDay >= starts[3] and (not graceHere or ownerGrace < graceAt) then
-    if ownerDay > starts[3] then starts[3], counts[3] = ownerDay, 0 end
+  local graceHere = graceAt >= 0 and d0 == ownerDay
+  if ownerGrace >= 0 and ownerDay >= d0 and (not graceHere or ownerGrace < graceAt) then
+    if ownerDay > d0 then d0, dc = ownerDay, 0 end
     graceAt, changed = ownerGrace, true
   elseif graceHere and (ownerGrace < 0 or graceAt < ownerGrace) then
     surprised = true
@@ -119,26 +127,18 @@ for index = 1, #KEYS do
 
   if changed then
     local expireAt = at + math.ceil(debt / perMinute)
-    local lengths = { minuteMs, hourMs, dayMs }
-    for kind = 1, 3 do
-      if starts[kind] >= 0 then expireAt = math.max(expireAt, starts[kind] + lengths[kind]) end
-    end
-    redis.call('SET', key, struct.pack(STATE, debt, at, version, graceAt, starts[1], counts[1], starts[2], counts[2], starts[3], counts[3]),
-      'PXAT', string.format('%.0f', expireAt + slack))
+    if m0 >= 0 and m0 + minuteMs > expireAt then expireAt = m0 + minuteMs end
+    if h0 >= 0 and h0 + hourMs > expireAt then expireAt = h0 + hourMs end
+    if d0 >= 0 and d0 + dayMs > expireAt then expireAt = d0 + dayMs end
+    call('SET', key, struct.pack(STATE, debt, at, version, graceAt, m0, mc, h0, hc, d0, dc), 'PXAT', math.ceil(expireAt + slack))
   end
 
   if surprised then
     local graceDay = -1
-    if graceAt >= 0 then graceDay = starts[3] end
-    out[#out + 1] = index
-    out[#out + 1] = debt
-    out[#out + 1] = at
-    out[#out + 1] = version
-    out[#out + 1] = graceDay
-    out[#out + 1] = graceAt
-    out[#out + 1] = totals[1]
-    out[#out + 1] = totals[2]
-    out[#out + 1] = totals[3]
+    if graceAt >= 0 then graceDay = d0 end
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6], out[n + 7], out[n + 8], out[n + 9] =
+      index, debt, at, version, graceDay, graceAt, mTotal, hTotal, dTotal
+    n = n + 9
   end
 end
 return out
