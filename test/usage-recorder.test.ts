@@ -221,6 +221,52 @@ describe.each(DATABASE_BACKENDS)('usage history on $name', (backend) => {
     expect(r.bufferedRows).toBe(0);
   });
 
+  it('a spread writes an ended minute in equal parts over the flushes before its deadline, oldest rows first', async () => {
+    const r = new UsageRecorder({
+      db, clock: () => clock.ms, logger, metrics: new CountingMetrics(), maxRows: 1000, holdOpenMinute: true, spreadMs: 20_000, flushIntervalMs: 5000,
+    });
+    const minute = Date.UTC(2026, 2, 10, 9, 0);
+    const written = async () => Number((await db.query('SELECT count(*)::int AS n FROM usage_minute')).rows[0]!.n);
+    for (let i = 0; i < 100; i++) {
+      clock.ms = minute + 100 * i;
+      r.record(outcome(`spread-${String(i).padStart(3, '0')}`, 'free', clock.ms, 'OK'), 1, null);
+    }
+    // The deadline is the minute's end + 20 s: flushes at +1 s, +6 s, +11 s, +16 s and +21 s.
+    const perFlush: number[] = [];
+    const ranges: unknown[] = [];
+    for (const after of [1000, 6000, 11_000, 16_000, 21_000]) {
+      clock.ms = minute + MINUTE_MS + after;
+      r.record(outcome('spread-open', 'free', clock.ms, 'OK'), 1, null); // the open minute stays held
+      const before = await written();
+      expect(await r.flush()).toBe(true);
+      perFlush.push((await written()) - before);
+      ranges.push((await db.query(`SELECT min(user_id) AS lo, max(user_id) AS hi FROM usage_minute`)).rows[0]);
+    }
+    expect(perFlush).toEqual([25, 25, 25, 25, 0]);
+    expect(ranges.slice(0, 2)).toEqual([{ lo: 'spread-000', hi: 'spread-024' }, { lo: 'spread-000', hi: 'spread-049' }]);
+    expect(r.bufferedRows).toBe(1);
+    // Nothing is lost or counted twice: the hour row is the sum of every minute row.
+    await r.stop();
+    const hour = await db.query(`SELECT sum(requests)::int AS n FROM usage_hour`);
+    expect(hour.rows[0]!.n).toBe(105);
+  });
+
+  it('a spread whose deadline has passed writes everything ended at once', async () => {
+    const r = new UsageRecorder({
+      db, clock: () => clock.ms, logger, metrics: new CountingMetrics(), maxRows: 1000, holdOpenMinute: true, spreadMs: 20_000, flushIntervalMs: 5000,
+    });
+    const minute = Date.UTC(2026, 2, 10, 9, 0);
+    for (let i = 0; i < 40; i++) r.record(outcome(`late-${i}`, 'free', minute + i, 'OK'), 1, null);
+    clock.ms = minute + MINUTE_MS + 1000;
+    expect(await r.flush()).toBe(true);
+    const first = Number((await db.query('SELECT count(*)::int AS n FROM usage_minute')).rows[0]!.n);
+    expect(first).toBe(10);
+    clock.ms = minute + MINUTE_MS + 25_000;
+    expect(await r.flush()).toBe(true);
+    expect(Number((await db.query('SELECT count(*)::int AS n FROM usage_minute')).rows[0]!.n)).toBe(40);
+    expect(r.bufferedRows).toBe(0);
+  });
+
   it('retention deletes exactly the rows past their age, and running it twice at once is harmless', async () => {
     const r = recorder();
     const now = Date.UTC(2026, 5, 1, 12, 0);

@@ -7,7 +7,11 @@
  *
  * With holdOpenMinute (the default) a flush writes only minutes that have ended, so a
  * busy user's minute row is written once rather than at every flush: the database work
- * is one row per active user and minute, whatever the request rate.
+ * is one row per active user and minute, whatever the request rate. With `spreadMs`, an
+ * ended minute is written in equal parts over the flushes of the following `spreadMs`
+ * rather than all at the first one: the database (the node's primary, with the embedded
+ * PGlite) then does a steady trickle of work instead of a burst at every minute's end
+ * (about half a second for 10 000 users' rows).
  *
  * While the database is away, aggregates are kept and retried, up to `maxRows`; past that
  * the oldest buckets are dropped and counted (rate_limiting_usage_dropped_total). There is
@@ -38,6 +42,14 @@ export interface UsageRecorderOptions {
    * (usage_analytics.hold_open_minute). Rows of ended minutes are written at every flush.
    */
   holdOpenMinute?: boolean;
+  /**
+   * With holdOpenMinute: how long after a minute ends its rows must all be written; they
+   * are written in equal parts at the flushes until then (usage_analytics.write_spread_ms).
+   * 0 (the default) writes an ended minute at the first flush after it.
+   */
+  spreadMs?: number;
+  /** The flush interval the spread is divided by (what `start` is given; default 5 s). */
+  flushIntervalMs?: number;
 }
 
 const DENIED_BY_CODE: Record<string, number> = {
@@ -62,6 +74,7 @@ const LIMITED_BY: Record<string, number> = {
  * statements of one batch run in one transaction.
  */
 const ROWS_PER_STATEMENT = 50_000;
+const DEFAULT_FLUSH_INTERVAL_MS = 5000;
 
 /**
  * The units of an admitted check that lie beyond the quota: a check of cost 7 admitted at
@@ -84,8 +97,11 @@ export class UsageRecorder {
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<boolean> | null = null;
   private droppedRequests = 0;
+  private intervalMs: number;
 
-  constructor(private readonly options: UsageRecorderOptions) {}
+  constructor(private readonly options: UsageRecorderOptions) {
+    this.intervalMs = options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS;
+  }
 
   /** Adds one decision. Called once per decision on the request path. */
   record(outcome: CheckOutcome, cost: number, keyId: string | null): void {
@@ -128,7 +144,8 @@ export class UsageRecorder {
     return this.droppedRequests;
   }
 
-  start(intervalMs: number): void {
+  start(intervalMs: number = this.options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS): void {
+    this.intervalMs = intervalMs;
     this.timer ??= setInterval(() => void this.flush(), intervalMs);
     this.timer.unref();
   }
@@ -162,14 +179,7 @@ export class UsageRecorder {
       this.rows = new Map();
       this.latest = new Map();
     } else {
-      const openMinute = now - (now % MINUTE_MS);
-      batch = new Map();
-      for (const [id, row] of this.rows) {
-        if (row.bucket >= openMinute) continue;
-        batch.set(id, row);
-        this.rows.delete(id);
-        this.forget(row);
-      }
+      batch = this.takeEnded(now);
       if (batch.size === 0) return true;
     }
     try {
@@ -192,6 +202,34 @@ export class UsageRecorder {
       this.report(clock());
       return false;
     }
+  }
+
+  /**
+   * The rows of ended minutes this flush writes: all of them, or with `spreadMs` this
+   * flush's equal share of what is left before the oldest ended minute's deadline (oldest
+   * rows first: the map holds rows in the order they were made).
+   */
+  private takeEnded(now: number): Map<string, UsageRow> {
+    const openMinute = now - (now % MINUTE_MS);
+    let ended = 0;
+    let oldest = openMinute;
+    for (const row of this.rows.values()) {
+      if (row.bucket >= openMinute) continue;
+      ended++;
+      if (row.bucket < oldest) oldest = row.bucket;
+    }
+    const deadline = oldest + MINUTE_MS + (this.options.spreadMs ?? 0);
+    const flushesLeft = now >= deadline ? 1 : Math.floor((deadline - now) / this.intervalMs) + 1;
+    const share = Math.ceil(ended / flushesLeft);
+    const batch = new Map<string, UsageRow>();
+    for (const [id, row] of this.rows) {
+      if (batch.size >= share) break;
+      if (row.bucket >= openMinute) continue;
+      batch.set(id, row);
+      this.rows.delete(id);
+      this.forget(row);
+    }
+    return batch;
   }
 
   private forget(row: UsageRow): void {

@@ -36,6 +36,8 @@ export class UsageHistory {
       logger,
       maxRows: config.usage_analytics.max_buffered_rows,
       holdOpenMinute: config.usage_analytics.hold_open_minute,
+      spreadMs: config.usage_analytics.write_spread_ms,
+      flushIntervalMs: config.usage_analytics.flush_interval_ms,
       metrics: {
         buffered: (rows) => metrics.usageBufferedRows.set(rows),
         lagSeconds: (seconds) => metrics.usageLag.set(seconds),

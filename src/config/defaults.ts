@@ -24,6 +24,7 @@ export function defaultConfig(): DefaultConfig {
     usage_analytics: {
       enabled: true, pattern_analysis_enabled: true, reporting_enabled: true, retention_days: 90,
       minute_retention_hours: 48, flush_interval_ms: 5000, max_buffered_rows: 200_000, hold_open_minute: true,
+      write_spread_ms: 50_000,
     },
     performance: { memory_limit_gb: 1, cpu_cores: 2, log_level: 'INFO' },
     monitoring: { api_gateway_endpoint: '', sql_database_endpoint: '', redis_endpoint: '', custom_metrics_endpoint: '', push_interval_seconds: 15 },

@@ -76,6 +76,10 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
       type: 'bool', env: 'USAGE_HOLD_OPEN_MINUTE',
       doc: 'write each minute once, after it ends (analytics lag up to a minute); false writes the current minute at every flush',
     },
+    write_spread_ms: {
+      type: 'int', min: 0, max: 3_600_000, env: 'USAGE_WRITE_SPREAD_MS',
+      doc: 'with hold_open_minute: an ended minute is written in equal parts over this long (a steady load on the database instead of a burst each minute); 0 writes it at once',
+    },
   },
   performance: {
     memory_limit_gb: { type: 'number', min: 0, exclusiveMin: true, max: 1024, env: 'RATE_LIMITING_API_MEMORY_GB', doc: 'memory budget of a node' },

@@ -66,6 +66,7 @@ export interface Config {
     flush_interval_ms: number;
     max_buffered_rows: number;
     hold_open_minute: boolean;
+    write_spread_ms: number;
   };
   performance: {
     memory_limit_gb: number;
