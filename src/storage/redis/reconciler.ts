@@ -143,20 +143,13 @@ export class Reconciler {
     }
     if (this.reseedQueue.length > 0) this.markReseeds();
 
-    // One pass takes the batch and measures what is pending (lag: the oldest change).
-    const pendingUsers = shard.dirty.size;
-    let oldest = now;
-    let requests = 0;
-    const flight: InFlight = { batch: new FlushBatch(Math.min(pendingUsers, this.options.maxBatch)), entries: [], refresh: false };
+    this.reportPending(now);
+    const flight: InFlight = { batch: new FlushBatch(Math.min(shard.dirty.size, this.options.maxBatch)), entries: [], refresh: false };
     for (const [userId, entry] of shard.dirty) {
-      if (entry.dirtySince > 0 && entry.dirtySince < oldest) oldest = entry.dirtySince;
-      if (entry.pendingDay > 0) requests += entry.pendingDay;
-      if (flight.entries.length >= this.options.maxBatch) continue;
+      if (flight.entries.length >= this.options.maxBatch) break;
       shard.dirty.delete(userId);
       if (isDirty(entry)) this.take(flight, userId, entry);
     }
-    metrics.pending(pendingUsers, requests);
-    metrics.syncLagSeconds((now - oldest) / 1000);
     const users = flight.entries.length;
     if (users === 0) {
       metrics.partitioned(0);
@@ -384,6 +377,7 @@ export class Reconciler {
     this.options.shard.dirty.set(flight.batch.userIds[i]!, entry);
   }
 
+  /** Pending users and requests, and the sync lag (the age of the oldest unflushed change). */
   private reportPending(now: number): void {
     const { shard, metrics } = this.options;
     let oldest = now;
