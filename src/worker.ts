@@ -15,7 +15,7 @@ import { RedisScripts } from './storage/redis/scripts.js';
 import type { Database } from './storage/db/database.js';
 import { ApiKeysRepository } from './accounts/api-keys-repository.js';
 import { UsersRepository } from './accounts/users-repository.js';
-import { KeyResolver } from './accounts/key-cache.js';
+import { KeyResolver, LAST_USED_FLUSH_MS } from './accounts/key-cache.js';
 import { UserDirectory } from './accounts/user-directory.js';
 import { UserLimits } from './accounts/user-limits.js';
 import { InProcessInvalidationBus, type InvalidationBus } from './accounts/invalidation.js';
@@ -166,7 +166,7 @@ export async function buildNode(
     const directory = new UserDirectory({ store: new UsersRepository(database, clock), clock, logger: accountsLogger });
     keys.listen(invalidation);
     directory.listen(invalidation);
-    keys.startFlushing(5000);
+    keys.startFlushing(LAST_USED_FLUSH_MS);
     accounts = { db: database, keys, directory, invalidation };
   }
   const users = new UserLimits(config, tiers, accounts?.directory ?? null);
