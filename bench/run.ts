@@ -10,11 +10,13 @@
  *              capacity and open-loop latency beside hello-world, rate-limiter-flexible, @fastify/rate-limit
  *   scale      [--users n] [--decisions n] [--rounds n] [--json]   memory with 1M users; engine ns/decision
  *   usage-flush [--users n] [--minutes n]   one minute of usage written into PGlite, rollups with and without page room
- *   all        (the default) throughput, accuracy, compare, scale and usage-flush, one after the other
+ *   redis-cpu  [--users n] [--flushes n] [--rounds n]   Redis CPU per user flushed by write-behind, beside a GET+SET floor
+ *   all        (the default) every benchmark above but quick, one after the other
  */
 import { accuracy } from './accuracy/index.js';
 import { compare } from './compare/index.js';
 import { scale } from './compare/scale.js';
+import { redisCpu } from './redis-cpu.js';
 import { throughput } from './throughput.js';
 import { usageFlush } from './usage-flush.js';
 
@@ -80,12 +82,13 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<boolean>> = {
       json: args.includes('--json'),
     }),
   'usage-flush': (args) => usageFlush({ users: option(args, 'users', 10_000), minutes: option(args, 'minutes', 9) }),
+  'redis-cpu': (args) => redisCpu({ users: option(args, 'users', 2000), flushes: option(args, 'flushes', 50), rounds: option(args, 'rounds', 5) }),
 };
 
 /** `npm run bench`: everything, in turn (tens of minutes); true when every part reached its bars. */
 BENCHMARKS.all = async () => {
   let ok = true;
-  for (const name of ['throughput', 'accuracy', 'compare', 'scale', 'usage-flush']) {
+  for (const name of ['throughput', 'accuracy', 'compare', 'scale', 'usage-flush', 'redis-cpu']) {
     console.error(`\n=== ${name}`);
     ok = (await BENCHMARKS[name]!([name])) && ok;
   }

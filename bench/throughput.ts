@@ -1,5 +1,5 @@
 import { pickGenerator, runLoad, type LoadResult } from './lib/load.js';
-import { scrapeMetric, startHello, startNodeWithAccounts, startOurNode, startRedis, sumSamples, type RedisProcess, type Target } from './lib/processes.js';
+import { scrapeMetric, startHello, startNodeWithAccounts, startOurNode, startRedis, sumSamples, treeCpuMicros, type RedisProcess, type Target } from './lib/processes.js';
 import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
 
 export interface ThroughputOptions {
@@ -21,6 +21,11 @@ interface TargetSpec {
   bar?: number;
   /** Sampled every 250 ms while the target is under load (e.g. the sync lag). */
   probe?: { label: string; read(target: Target): Promise<number> };
+  /**
+   * Seconds per round at least: a target whose costs come once a minute (usage rows are
+   * written after their minute ends) is loaded long enough for each window to pay for them.
+   */
+  minSeconds?: number;
   /** Read once after the last round, printed under the table. */
   report?: (target: Target) => Promise<string>;
 }
@@ -37,6 +42,8 @@ const BY_KEY = 'check by api_key, 1000 keys';
 const STORED_USERS = 1000;
 const ANALYTICS_OFF = 'check, usage analytics off';
 const ANALYTICS_ON = 'check, usage analytics on (recording every decision)';
+/** Round length of the usage analytics pair (see its spec). */
+const USAGE_WINDOW_SECONDS = 60;
 
 /** Forwarded share and batch sizes of a node, from its aggregated /metrics. */
 async function forwardingReport(target: Target): Promise<string> {
@@ -88,10 +95,14 @@ function targets(redis: RedisProcess): TargetSpec[] {
     { name: REDIS_MODE, start: node(REDIS_MODE, { REDIS_ENDPOINT: redis.endpoint, REDIS_DATABASE: '1', RATE_LIMITING_MODE: 'redis' }), versus: LOCAL },
     { name: BY_USER, start: () => startNodeWithAccounts(BY_USER, STORED_USERS, 'user_id', { RATE_LIMITING_WORKERS: '1' }) },
     { name: BY_KEY, start: () => startNodeWithAccounts(BY_KEY, STORED_USERS, 'api_key', { RATE_LIMITING_WORKERS: '1' }), versus: BY_USER, bar: 0.9 },
-    { name: ANALYTICS_OFF, start: node(ANALYTICS_OFF, { USAGE_ANALYTICS_ENABLED: 'false' }), probe: usageRows },
+    { name: ANALYTICS_OFF, start: node(ANALYTICS_OFF, { USAGE_ANALYTICS_ENABLED: 'false' }), probe: usageRows, minSeconds: USAGE_WINDOW_SECONDS },
     {
+      // Each window pays for about one minute of usage rows (written over the 50 s after
+      // the minute ends), as under continuous load; shorter windows would leave the
+      // writes to when other targets are loaded.
       name: ANALYTICS_ON,
       start: node(ANALYTICS_ON, { USAGE_ANALYTICS_ENABLED: 'true', USAGE_FLUSH_INTERVAL_MS: '5000' }),
+      minSeconds: USAGE_WINDOW_SECONDS,
       versus: ANALYTICS_OFF,
       bar: 0.95,
       probe: usageRows,
@@ -117,6 +128,9 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
   const started: Array<{ name: string; target: Target }> = [];
   const runs = new Map<string, LoadResult[]>();
   const probes = new Map<string, number[]>();
+  /** Server CPU µs (all its processes) over its loaded windows. */
+  const cpu = new Map<string, number>();
+  const cpuPerCheck = (name: string): number => cpu.get(name)! / runs.get(name)!.reduce((sum, r) => sum + r.total, 0);
   const notes: string[] = [];
   try {
     for (const spec of specs) started.push({ name: spec.name, target: await spec.start() });
@@ -133,7 +147,11 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
         const samples = probes.get(name) ?? [];
         probes.set(name, samples);
         const sampler = probe ? setInterval(() => void probe.read(target).then((v) => samples.push(v), () => undefined), 250) : null;
-        const result = await load(target, options.durationSeconds).finally(() => sampler && clearInterval(sampler));
+        // The server's CPU while it is loaded (all its processes), per check answered.
+        const cpuBefore = treeCpuMicros(target.pid!);
+        const seconds = Math.max(options.durationSeconds, specs[index]!.minSeconds ?? 0);
+        const result = await load(target, seconds).finally(() => sampler && clearInterval(sampler));
+        cpu.set(name, (cpu.get(name) ?? 0) + treeCpuMicros(target.pid!) - cpuBefore);
         // Failures (non-2xx, socket errors, wrk's 2 s timeouts) are reported, not hidden;
         // a target with more than 0.1 % of its requests failing misses its bar.
         if (result.failures > 0) notes.push(`round ${round}: ${name}: ${result.failures} failed requests of ${result.total}`);
@@ -157,15 +175,19 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     const versus = spec.versus ?? CEILING;
     const theirs = runs.get(versus)!;
     const ratio = median(mine.map((r, i) => r.requestsPerSecond / theirs[i]!.requestsPerSecond));
+    // The same comparison in server CPU per check (theirs / mine): a bar must be reached in both.
+    const cpuRatio = cpuPerCheck(versus) / cpuPerCheck(spec.name);
     const failures = mine.reduce((sum, r) => sum + r.failures, 0);
     const failing = failures > 0.001 * mine.reduce((sum, r) => sum + r.total, 0);
-    if ((spec.bar !== undefined && ratio < spec.bar) || failing) ok = false;
+    if ((spec.bar !== undefined && (ratio < spec.bar || cpuRatio < spec.bar)) || failing) ok = false;
     return {
       target: spec.name,
       'req/s': Math.round(median(mine.map((r) => r.requestsPerSecond))),
       'p50 ms': median(mine.map((r) => r.p50Ms)).toFixed(2),
       'p99 ms': median(mine.map((r) => r.p99Ms)).toFixed(2),
       ratio: spec.name === versus ? '1.00' : `${ratio.toFixed(2)} vs ${versus === CEILING ? 'ceiling' : versus}`,
+      'CPU µs/check': cpuPerCheck(spec.name).toFixed(1),
+      'CPU ratio': spec.name === versus ? '1.00' : cpuRatio.toFixed(2),
       bar: spec.bar === undefined ? '' : `≥ ${spec.bar}`,
       failed: String(failures),
       'during load': spec.probe ? `${spec.probe.label}: ${Math.round(Math.max(0, ...(probes.get(spec.name) ?? []).filter(Number.isFinite)))}` : '',
@@ -177,16 +199,19 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     const ratio = median(local.map((r, i) => r.requestsPerSecond / sameBytes[i]!.requestsPerSecond));
     notes.push(`${LOCAL} vs ${SAME_BYTES} (the same response body and headers, nothing decided): ${ratio.toFixed(2)}`);
   }
-  const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}`;
+  const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}${options.only === undefined ? '' : ` --only ${options.only}`}`;
   console.log(`\n${table(rows)}\n${notes.join('\n')}\n`);
   const markdown = [
-    '# Throughput',
+    options.only === undefined ? '# Throughput' : `# Throughput: the targets matching "${options.only}" and their references`,
     '',
     `Command: \`${command}\``,
     '',
     `Machine: ${machineLine()}. Load: ${generator} (1 thread) in its own process, ${options.connections} keep-alive connections, ` +
       `${options.users} distinct users, POST bodies of the same shape to every target. ${options.warmupSeconds} s warm-up per target, then ` +
-      `${options.rounds} rounds of ${options.durationSeconds} s per target, visited in turn; ratios are the median of the per-round ratios.`,
+      `${options.rounds} rounds of ${options.durationSeconds} s per target (the usage analytics pair ${USAGE_WINDOW_SECONDS} s: its rows are ` +
+      `written after their minute ends), visited in turn; ratios are the median of the per-round ratios. CPU µs/check: the CPU time of ` +
+      `all the server's processes while it was loaded, per check answered; the CPU ratio is the reference's over the target's. A bar ` +
+      `must be reached by both ratios. Redis's CPU is in neither CPU figure.`,
     '',
     `Date: ${new Date().toISOString()}`,
     '',
@@ -195,6 +220,8 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     ...notes.map((n) => `- ${n}`),
     '',
   ].join('\n');
-  console.log(`report: ${writeResult('throughput', markdown, { options, generator, rows })}`);
+  // A focused run (--only) keeps its own report beside the full run's.
+  const report = options.only === undefined ? 'throughput' : `throughput-${options.only.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}`;
+  console.log(`report: ${writeResult(report, markdown, { options, generator, rows })}`);
   return ok;
 }

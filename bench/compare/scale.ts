@@ -14,7 +14,7 @@ import { fork } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { ROOT, sumSamples, type Target } from '../lib/processes.js';
+import { parentOf, ROOT, sumSamples, type Target } from '../lib/processes.js';
 import { progress, type Progress } from '../lib/progress.js';
 import { machineLine, markdownTable, median, table, writeResult, type Row } from '../lib/report.js';
 import { PEER_POINTS, PEER_WINDOW_SECONDS, startNode } from './targets.js';
@@ -221,11 +221,6 @@ interface NodeMemory {
 function rssOf(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
-}
-
-function parentOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
 }
 
 async function nodeMemory(target: Target): Promise<NodeMemory> {

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
@@ -10,7 +11,50 @@ export interface Target {
   path: string;
   /** Request bodies to send instead of the generated user ids. */
   bodies?: string[];
+  /** The server's process id (its workers and helpers are its descendants). */
+  pid?: number;
   stop(): Promise<void>;
+}
+
+/** The fields of /proc/<pid>/stat after the command name (which may hold spaces): state is [0], ppid [1]. */
+function statFields(pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+export function parentOf(pid: number): number {
+  return Number(statFields(pid)[1]);
+}
+
+/** `root` and every living descendant of it, now. */
+export function processTree(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const parent = parentOf(Number(entry));
+      children.set(parent, [...(children.get(parent) ?? []), Number(entry)]);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  const tree = [root];
+  for (let i = 0; i < tree.length; i++) tree.push(...(children.get(tree[i]!) ?? []));
+  return tree;
+}
+
+/** CPU time (user + system, µs; 10 ms ticks) of `root` and its living descendants, from /proc. */
+export function treeCpuMicros(root: number): number {
+  let ticks = 0;
+  for (const pid of processTree(root)) {
+    try {
+      const fields = statFields(pid);
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return ticks * 10_000;
 }
 
 /** A TCP port free on 127.0.0.1 right now (the OS picks it). */
@@ -130,6 +174,7 @@ export async function spawnServer(options: {
     name: options.name,
     url,
     path: options.path,
+    pid: child.pid!,
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
@@ -164,6 +209,8 @@ export async function startOurNode(name: string, env: Record<string, string> = {
 
 export interface RedisProcess {
   endpoint: string;
+  /** The redis-server's process id (to read its CPU time). */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -175,6 +222,7 @@ export async function startRedis(): Promise<RedisProcess> {
   await waitForRedis(port);
   return {
     endpoint: `127.0.0.1:${port}`,
+    pid: child.pid!,
     async stop() {
       child.kill('SIGKILL');
       await exited;
