@@ -10,8 +10,8 @@ import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { stateKey, windowStart } from '../src/storage/redis/keys.js';
 import { FLUSH, FLUSH_WINDOW, FlushBatch } from '../src/storage/redis/scripts.js';
-import { startRedis } from './lib/processes.js';
-import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
+import { startRedis, treeCpuMicros } from './lib/processes.js';
+import { median, reportMarkdown, table, writeResult, type Row } from './lib/report.js';
 
 export interface RedisCpuOptions {
   /** Users per flush (one batch). */
@@ -31,12 +31,6 @@ for index = 1, #KEYS do
   if stored then redis.call('SET', KEYS[index], stored, 'KEEPTTL') end
 end
 return {}`;
-
-/** CPU time (user + system) of a process in µs, from /proc (clock ticks of 10 ms). */
-function cpuMicros(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
 
 /** A flush of `users` users in steady state: flush number `n` (from 0) of the same window. */
 function steadyBatch(userIds: string[], n: number, now: number): FlushBatch {
@@ -89,7 +83,7 @@ export async function redisCpu(options: RedisCpuOptions): Promise<boolean> {
   try {
     for (let round = 0; round <= options.rounds; round++) {
       for (const variant of variants) {
-        const redisBefore = cpuMicros(redis.pid);
+        const redisBefore = treeCpuMicros(redis.pid);
         const nodeBefore = process.cpuUsage();
         for (let f = 0; f < options.flushes; f++) {
           // Each reconcile sees the version the previous one wrote (the floor leaves it as it is).
@@ -105,7 +99,7 @@ export async function redisCpu(options: RedisCpuOptions): Promise<boolean> {
         // Round 0 is a warm-up (keys created, scripts compiled).
         if (round === 0) continue;
         const perUser = options.flushes * options.users;
-        variant.redis.push((cpuMicros(redis.pid) - redisBefore) / perUser);
+        variant.redis.push((treeCpuMicros(redis.pid) - redisBefore) / perUser);
         variant.node.push((node.user + node.system) / perUser);
       }
     }
@@ -123,21 +117,16 @@ export async function redisCpu(options: RedisCpuOptions): Promise<boolean> {
     'vs floor': (median(v.redis) / floor).toFixed(2),
   }));
   console.log(`\n${table(rows)}\n`);
-  const markdown = [
-    "# Redis CPU per user flushed by write-behind",
-    '',
-    `Command: \`npm run bench -- redis-cpu --users ${options.users} --flushes ${options.flushes} --rounds ${options.rounds}\``,
-    '',
-    `Machine: ${machineLine()}. One redis-server of the bench's own; flushes of ${options.users} users each, in script calls of ` +
+  const markdown = reportMarkdown({
+    title: 'Redis CPU per user flushed by write-behind',
+    command: `npm run bench -- redis-cpu --users ${options.users} --flushes ${options.flushes} --rounds ${options.rounds}`,
+    method:
+      `One redis-server of the bench's own; flushes of ${options.users} users each, in script calls of ` +
       `${USERS_PER_CALL} users (as the reconciler sends them), ${options.flushes} flushes per variant and round, variants in turn, ` +
       `${options.rounds} rounds after a warm-up; redis-server's CPU time from /proc (10 ms ticks), medians of the rounds. ` +
       `The client column is this process building the batch and sending it (ioredis).`,
-    '',
-    `Date: ${new Date().toISOString()}`,
-    '',
-    markdownTable(rows),
-    '',
-  ].join('\n');
+    rows,
+  });
   console.log(`report: ${writeResult('redis-cpu', markdown, { options, rows })}`);
   return true;
 }

@@ -1,6 +1,6 @@
 import { pickGenerator, runLoad, type LoadResult } from './lib/load.js';
 import { scrapeMetric, startHello, startNodeWithAccounts, startOurNode, startRedis, sumSamples, treeCpuMicros, type RedisProcess, type Target } from './lib/processes.js';
-import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
+import { median, reportMarkdown, table, writeResult, type Row } from './lib/report.js';
 
 export interface ThroughputOptions {
   durationSeconds: number;
@@ -83,8 +83,8 @@ function targets(redis: RedisProcess): TargetSpec[] {
     { name: SAME_BYTES, start: () => startHello(1, true) },
     { name: LOCAL, start: node(LOCAL), bar: 0.85, probe: syncLag },
     // Compared with the same node without Redis. Usage analytics is off on both sides: each
-    // node's once-a-minute usage write (about a second of CPU for 10 000 users) would
-    // otherwise land in one side's window or the other's, round by round.
+    // node's usage writes (about half a second of PGlite CPU a minute for 10 000 users)
+    // would otherwise land in one side's window or the other's, round by round.
     {
       name: LOCAL_REDIS,
       start: node(LOCAL_REDIS, { REDIS_ENDPOINT: redis.endpoint, USAGE_ANALYTICS_ENABLED: 'false' }),
@@ -201,25 +201,19 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
   }
   const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}${options.only === undefined ? '' : ` --only ${options.only}`}`;
   console.log(`\n${table(rows)}\n${notes.join('\n')}\n`);
-  const markdown = [
-    options.only === undefined ? '# Throughput' : `# Throughput: the targets matching "${options.only}" and their references`,
-    '',
-    `Command: \`${command}\``,
-    '',
-    `Machine: ${machineLine()}. Load: ${generator} (1 thread) in its own process, ${options.connections} keep-alive connections, ` +
+  const markdown = reportMarkdown({
+    title: options.only === undefined ? 'Throughput' : `Throughput: the targets matching "${options.only}" and their references`,
+    command,
+    method:
+      `Load: ${generator} (1 thread) in its own process, ${options.connections} keep-alive connections, ` +
       `${options.users} distinct users, POST bodies of the same shape to every target. ${options.warmupSeconds} s warm-up per target, then ` +
       `${options.rounds} rounds of ${options.durationSeconds} s per target (the usage analytics pair ${USAGE_WINDOW_SECONDS} s: its rows are ` +
       `written after their minute ends), visited in turn; ratios are the median of the per-round ratios. CPU µs/check: the CPU time of ` +
       `all the server's processes while it was loaded, per check answered; the CPU ratio is the reference's over the target's. A bar ` +
       `must be reached by both ratios. Redis's CPU is in neither CPU figure.`,
-    '',
-    `Date: ${new Date().toISOString()}`,
-    '',
-    markdownTable(rows),
-    '',
-    ...notes.map((n) => `- ${n}`),
-    '',
-  ].join('\n');
+    rows,
+    notes,
+  });
   // A focused run (--only) keeps its own report beside the full run's.
   const report = options.only === undefined ? 'throughput' : `throughput-${options.only.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}`;
   console.log(`report: ${writeResult(report, markdown, { options, generator, rows })}`);

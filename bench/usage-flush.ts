@@ -11,7 +11,7 @@ import type { Decision } from '../src/node/engine.js';
 import { createLogger } from '../src/observability/logger.js';
 import { migrate } from '../src/storage/db/migrations.js';
 import { openPglite, type PgliteDatabase } from '../src/storage/db/pglite.js';
-import { machineLine, markdownTable, median, table, writeResult, type Row } from './lib/report.js';
+import { median, reportMarkdown, table, writeResult, type Row } from './lib/report.js';
 
 export interface UsageFlushOptions {
   /** Distinct users per minute (each one row per minute, hour and day). */
@@ -80,20 +80,15 @@ export async function usageFlush(options: UsageFlushOptions): Promise<boolean> {
     'vs full pages': (median(v.ms) / baseline).toFixed(2),
   }));
   console.log(`\n${table(rows)}\n`);
-  const markdown = [
-    '# Usage flush: one minute of usage into the embedded database',
-    '',
-    `Command: \`npm run bench -- usage-flush --users ${options.users} --minutes ${options.minutes}\``,
-    '',
-    `Machine: ${machineLine()}. Two in-memory PGlite databases in one process, the same ${options.users} users × 3 decisions a minute ` +
+  const markdown = reportMarkdown({
+    title: 'Usage flush: one minute of usage into the embedded database',
+    command: `npm run bench -- usage-flush --users ${options.users} --minutes ${options.minutes}`,
+    method:
+      `Two in-memory PGlite databases in one process, the same ${options.users} users × 3 decisions a minute ` +
       `recorded into each; every ended minute is written by the recorder's flush (one statement: minute rows inserted, hour and day ` +
       `rows updated after the first minute), alternating which database goes first; the first minute is a warm-up.`,
-    '',
-    `Date: ${new Date().toISOString()}`,
-    '',
-    markdownTable(rows),
-    '',
-  ].join('\n');
+    rows,
+  });
   console.log(`report: ${writeResult('usage-flush', markdown, { options, rows })}`);
   return true;
 }

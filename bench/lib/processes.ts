@@ -11,7 +11,7 @@ export interface Target {
   path: string;
   /** Request bodies to send instead of the generated user ids. */
   bodies?: string[];
-  /** The server's process id (its workers and helpers are its descendants). */
+  /** The server's process id (its workers and helpers are its descendants); none for a target of several servers. */
   pid?: number;
   stop(): Promise<void>;
 }

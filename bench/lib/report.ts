@@ -32,6 +32,27 @@ export function machineLine(): string {
   return `${cpu.length} × ${cpu[0]?.model ?? 'unknown CPU'}, Node ${process.version}`;
 }
 
+/**
+ * A benchmark's markdown report: title, the command that reproduces it, the machine and
+ * method, the date, the table and notes under it (as bullets).
+ */
+export function reportMarkdown(report: { title: string; command: string; method: string; rows: Row[]; notes?: string[] }): string {
+  return [
+    `# ${report.title}`,
+    '',
+    `Command: \`${report.command}\``,
+    '',
+    `Machine: ${machineLine()}. ${report.method}`,
+    '',
+    `Date: ${new Date().toISOString()}`,
+    '',
+    markdownTable(report.rows),
+    '',
+    ...(report.notes ?? []).map((n) => `- ${n}`),
+    ...(report.notes?.length ? [''] : []),
+  ].join('\n');
+}
+
 /** Writes `<name>.md` (committed, linked from the README) and `<name>.json` under bench/results. */
 export function writeResult(name: string, markdown: string, json: unknown): string {
   const dir = join(ROOT, 'bench', 'results');

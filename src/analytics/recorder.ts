@@ -48,7 +48,7 @@ export interface UsageRecorderOptions {
    * 0 (the default) writes an ended minute at the first flush after it.
    */
   spreadMs?: number;
-  /** The flush interval the spread is divided by (what `start` is given; default 5 s). */
+  /** How often `start` flushes (and what the spread is divided by); default 5 s. */
   flushIntervalMs?: number;
 }
 
@@ -97,7 +97,7 @@ export class UsageRecorder {
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<boolean> | null = null;
   private droppedRequests = 0;
-  private intervalMs: number;
+  private readonly intervalMs: number;
 
   constructor(private readonly options: UsageRecorderOptions) {
     this.intervalMs = options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS;
@@ -144,9 +144,9 @@ export class UsageRecorder {
     return this.droppedRequests;
   }
 
-  start(intervalMs: number = this.options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS): void {
-    this.intervalMs = intervalMs;
-    this.timer ??= setInterval(() => void this.flush(), intervalMs);
+  /** Flushes every `flushIntervalMs` until `stop`. */
+  start(): void {
+    this.timer ??= setInterval(() => void this.flush(), this.intervalMs);
     this.timer.unref();
   }
 

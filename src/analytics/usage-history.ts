@@ -48,7 +48,7 @@ export class UsageHistory {
   }
 
   start(options: { retention: boolean }): void {
-    this.recorder.start(this.config.usage_analytics.flush_interval_ms);
+    this.recorder.start();
     if (!options.retention) return;
     const first = setTimeout(() => {
       void this.runRetention();
