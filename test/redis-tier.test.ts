@@ -277,6 +277,65 @@ describe('one key per user: the window rules of the scripts', () => {
     }
   });
 
+  it('one call writes many users, each to its own key, whatever its id holds', async () => {
+    const { connection, scripts } = await openScripts();
+    const client = redis.client();
+    const ids = ['plain', 'br{ace}', '~tilde', 'new\nline', 'ünï', 'x'.repeat(200)];
+    try {
+      const batch = new FlushBatch(ids.length);
+      ids.forEach((id, i) => {
+        const at = batch.add(id);
+        batch.values.set([0, 0, 0, -1, 0, 0, 100, T0, -1, MINUTE, 60 * MINUTE, DAY], at);
+        batch.values.set([1, T0, i + 1, -1], at + FLUSH.windows);
+      });
+      // A user from the middle of the batch onwards: positions index into the whole batch.
+      expect((await scripts.reconcile(batch, 0, 2)).size).toBe(0);
+      expect((await scripts.reconcile(batch, 2, ids.length)).size).toBe(0);
+      for (const [i, id] of ids.entries()) expect(await readStoredState(client, id)).toMatchObject({ minuteStart: T0, minuteCount: i + 1 });
+      expect(stateKey('new\nline')).not.toContain('\n');
+      expect(await client.dbsize()).toBe(ids.length);
+    } finally {
+      client.disconnect();
+      await connection.close();
+    }
+  });
+
+  it('a key always outlives its windows and its bucket by the slack, and keeps its expiry when nothing ends later', async () => {
+    const { connection, scripts } = await openScripts();
+    const client = redis.client();
+    const SLACK = 60_000;
+    const user = (perMs: number, debt: number, at: number, day: number, version: number) => {
+      const batch = new FlushBatch(1);
+      const i = batch.add('ttl');
+      batch.values.set([1, debt, at, version, 0, 0, perMs, day, -1, MINUTE, 60 * MINUTE, DAY], i);
+      for (const [k, start] of [at - (at % MINUTE), at - (at % (60 * MINUTE)), day].entries()) batch.values.set([1, start, 1, -1], i + FLUSH.windows + 4 * k);
+      return batch;
+    };
+    try {
+      await scripts.reconcile(user(0.01, 5, T0, T0, -1));
+      expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + DAY + SLACK);
+      // Set apart by hand: a later flush whose windows end no later leaves it as it is.
+      await client.pexpireat(stateKey('ttl'), T0 + DAY + SLACK + 7);
+      await scripts.reconcile(user(0.01, 6, T0 + 5 * MINUTE, T0, 0));
+      expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + DAY + SLACK + 7);
+      // A bucket full later than the day ends (a debt repaid at 0.5 per ms over 2 days) moves it.
+      await scripts.reconcile(user(0.5, DAY, T0 + 10 * MINUTE, T0, 1));
+      expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + 10 * MINUTE + 2 * DAY + SLACK);
+      // So does the next day window.
+      await scripts.reconcile(user(0.01, 1, T0 + DAY + MINUTE, T0 + DAY, 2));
+      expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + 2 * DAY + SLACK);
+      // decide.lua keeps the same rule.
+      await scripts.decide('ttl', limits, 1, T0 + DAY + 2 * MINUTE);
+      expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + 2 * DAY + SLACK);
+      await scripts.decide('ttl', limits, 1, T0 + 2 * DAY + MINUTE);
+      expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + 3 * DAY + SLACK);
+      expect(await readStoredState(client, 'ttl')).toMatchObject({ dayStart: T0 + 2 * DAY, dayCount: 1 });
+    } finally {
+      client.disconnect();
+      await connection.close();
+    }
+  });
+
   it('a Redis decision made with a clock behind the stored windows charges the newer window, losing no count', async () => {
     const { connection, scripts } = await openScripts();
     const client = redis.client();

@@ -2,12 +2,13 @@
  * Every Redis key the service uses is built here. A user's keys share the hash tag
  * `{<user>}`, so each script touches one slot and works on Redis Cluster. User ids that
  * contain a brace are hex-encoded inside the tag (prefix `~`), so no id can end a tag
- * early or collide with another id's keys.
+ * early or collide with another id's keys; so are ids with a newline (the API refuses
+ * them anyway), so that no key holds one (reconcile.lua takes keys newline-separated).
  */
 export const KEY_PREFIX = 'rl';
 
 function tag(userId: string): string {
-  return userId.includes('{') || userId.includes('}') || userId.startsWith('~')
+  return userId.includes('{') || userId.includes('}') || userId.startsWith('~') || userId.includes('\n')
     ? `{~${Buffer.from(userId, 'utf8').toString('hex')}}`
     : `{${userId}}`;
 }

@@ -72,6 +72,16 @@ export class FlushBatch {
     return this.userIds.length;
   }
 
+  /** Users the batch holds without growing. */
+  get capacity(): number {
+    return this.values.length / FLUSH_STRIDE;
+  }
+
+  /** Empties the batch for reuse. */
+  clear(): void {
+    this.userIds.length = 0;
+  }
+
   /** Appends a user; returns the offset of its record, which the caller fills in. */
   add(userId: string): number {
     const offset = this.userIds.length * FLUSH_STRIDE;
@@ -175,9 +185,17 @@ export class RedisScripts {
       for (const part of parts) for (const [i, s] of part) surprises.set(i, s);
       return surprises;
     }
-    const keys = batch.userIds.slice(from, to).map((userId) => stateKey(userId));
     const packed = batch.bytes(from, to);
-    const r = await this.commands().rlReconcile(keys.length, ...keys, packed, this.slackMs);
+    let r: number[];
+    if (this.connection.settings.topology === 'cluster') {
+      r = await this.commands().rlReconcile(1, stateKey(batch.userIds[from]!), packed, this.slackMs);
+    } else {
+      // The keys as one argument (see reconcile.lua): an argument per user costs more to
+      // encode than the rest of the user's record.
+      let names = '';
+      for (let i = from; i < to; i++) names += `${stateKey(batch.userIds[i]!)}\n`;
+      r = await this.commands().rlReconcile(0, packed, this.slackMs, names);
+    }
     for (let i = 0; i < r.length; i += 9) {
       const n = (k: number): number => Number(r[i + k]);
       surprises.set(from + n(0) - 1, { debt: n(1), debtAt: n(2), version: n(3), graceDay: n(4), graceAt: n(5), minute: n(6), hour: n(7), day: n(8) });

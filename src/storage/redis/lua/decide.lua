@@ -155,8 +155,19 @@ if charged > 0 then
   local lengths = { L.minuteMs, L.hourMs, L.dayMs }
   local expireAt = debtAt + math.ceil(debtAfter / L.perMinute)
   for i = 1, 3 do expireAt = math.max(expireAt, starts[i] + lengths[i]) end
-  redis.call('SET', KEYS[1], struct.pack(STATE, debtAfter, debtAt, version, graceAt, starts[1], counts[1], starts[2], counts[2], starts[3], counts[3]),
-    'PXAT', fmt(expireAt + slack))
+  local value = struct.pack(STATE, debtAfter, debtAt, version, graceAt, starts[1], counts[1], starts[2], counts[2], starts[3], counts[3])
+  -- The key outlives its stored windows by at least a slack (every write keeps that true):
+  -- if nothing ends later now, its expiry stays (as reconcile.lua).
+  local keptUntil = -1
+  for i = 1, 3 do
+    local start = previous[i][1]
+    if stored and start >= 0 then keptUntil = math.max(keptUntil, start + lengths[i]) end
+  end
+  if expireAt <= keptUntil then
+    redis.call('SET', KEYS[1], value, 'KEEPTTL')
+  else
+    redis.call('SET', KEYS[1], value, 'PXAT', fmt(expireAt + slack))
+  end
 end
 
 local code

@@ -20,7 +20,7 @@
   suspected): the other writers' net debt is added to the owner's. The earliest grace
   start of a day window wins.
 
-  KEYS     one per user: its state key.
+  KEYS     one per user: its state key; or none, and ARGV[3] holds them (below).
   ARGV[1]  the users, packed as little-endian doubles (struct '<d'), 24 per user
            (scripts.ts FLUSH): writeBucket (1/0), ownerDebt, ownerAt, baseVersion
            (-1 unknown), baseDebt, baseAt, perMinute, dayStart (the owner's current day
@@ -28,6 +28,9 @@
            minuteMs, hourMs, dayMs, then for the minute, hour and day windows in turn:
            sent (1/0), start, delta, full (-1 unknown)
   ARGV[2]  slack ms: how long a key outlives its last window (and the time its bucket is full)
+  ARGV[3]  (only without KEYS) the users' state keys, each followed by a newline. Outside
+           Redis Cluster, where one call may touch any keys, this spares the caller and
+           Redis an argument per user; on a cluster every call has one user in KEYS.
 
   Returns only the users Redis surprised (a writer other than the owner, lost keys, grace
   the owner did not start), as a flat array of 9 numbers each: user index (1-based),
@@ -63,16 +66,36 @@ local function window(storedStart, storedCount, sent, start, delta, full)
   return storedStart, total, changed, total, total ~= full
 end
 
+-- The latest end of the windows that are set (start >= 0); -1 if none is.
+local function windowsEnd(m0, h0, d0, minuteMs, hourMs, dayMs)
+  local e = -1
+  if m0 >= 0 then e = m0 + minuteMs end
+  if h0 >= 0 and h0 + hourMs > e then e = h0 + hourMs end
+  if d0 >= 0 and d0 + dayMs > e then e = d0 + dayMs end
+  return e
+end
+
 local packed = ARGV[1]
 local slack = tonumber(ARGV[2])
 local pos = 1
 local unpack = struct.unpack
 local call = redis.call
 
+local names = ARGV[3]
+local count, at = #KEYS, 1
+if names then count = #packed / 192 end
+local find, sub = string.find, string.sub
+
 local out = {}
 local n = 0
-for index = 1, #KEYS do
-  local key = KEYS[index]
+for index = 1, count do
+  local key
+  if names then
+    local nl = find(names, '\n', at, true)
+    key, at = sub(names, at, nl - 1), nl + 1
+  else
+    key = KEYS[index]
+  end
   local wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs,
     mSent, mStart, mDelta, mFull, hSent, hStart, hDelta, hFull, dSent, dStart, dDelta, dFull
   wb, ownerDebt, ownerAt, baseVersion, baseDebt, baseAt, perMinute, ownerDay, ownerGrace, minuteMs, hourMs, dayMs,
@@ -83,8 +106,11 @@ for index = 1, #KEYS do
   local debt, at, version, graceAt = 0, 0, 0, -1
   local m0, mc, h0, hc, d0, dc = -1, 0, -1, 0, -1, 0
   local stored = call('GET', key)
+  -- The key outlives its stored windows by at least a slack (every write keeps that true).
+  local keptUntil = -1
   if stored and #stored == STATE_BYTES then
     debt, at, version, graceAt, m0, mc, h0, hc, d0, dc = unpack(STATE, stored)
+    keptUntil = windowsEnd(m0, h0, d0, minuteMs, hourMs, dayMs)
   else
     stored = nil
     if baseVersion >= 0 then surprised = true end -- Redis lost the key (re-seeded below)
@@ -126,11 +152,17 @@ for index = 1, #KEYS do
   end
 
   if changed then
-    local expireAt = at + math.ceil(debt / perMinute)
-    if m0 >= 0 and m0 + minuteMs > expireAt then expireAt = m0 + minuteMs end
-    if h0 >= 0 and h0 + hourMs > expireAt then expireAt = h0 + hourMs end
-    if d0 >= 0 and d0 + dayMs > expireAt then expireAt = d0 + dayMs end
-    call('SET', key, struct.pack(STATE, debt, at, version, graceAt, m0, mc, h0, hc, d0, dc), 'PXAT', math.ceil(expireAt + slack))
+    local value = struct.pack(STATE, debt, at, version, graceAt, m0, mc, h0, hc, d0, dc)
+    local expireAt = windowsEnd(m0, h0, d0, minuteMs, hourMs, dayMs)
+    local full = at + math.ceil(debt / perMinute)
+    if full > expireAt then expireAt = full end
+    -- Mostly the day window's end is the latest, and the key's expiry stays as it is
+    -- (KEEPTTL spares Redis turning a number into an argument, a third of a flush's cost).
+    if expireAt <= keptUntil then
+      call('SET', key, value, 'KEEPTTL')
+    else
+      call('SET', key, value, 'PXAT', math.ceil(expireAt + slack))
+    end
   end
 
   if surprised then
