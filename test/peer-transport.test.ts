@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { PeerClient } from '../src/cluster/peer-client.js';
-import type { PeerDecideRequest, PeerDecideResult } from '../src/cluster/peer-protocol.js';
+import type { CheckOutcome } from '../src/node/decider.js';
+import type { PeerAnswer, PeerDecideRequest } from '../src/cluster/peer-protocol.js';
 import { startPeerServer, type PeerServer } from '../src/cluster/peer-server.js';
 import { createLogger } from '../src/observability/logger.js';
 import { freePort } from './helpers/ports.js';
@@ -13,23 +14,33 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.close()));
 });
 
-function result(request: PeerDecideRequest): PeerDecideResult {
+function result(request: PeerDecideRequest): CheckOutcome {
+  const allowed = request.cost < 5;
   return {
-    allowed: request.cost < 5, code: request.cost < 5 ? 'OK' : 'RATE_LIMITED', limited_by: '', retry_after_ms: 0,
-    burst: { limit: 10, remaining: 9, reset_at: 1 }, minute: null, hour: null, day: null,
-    quota_used: request.cost, decided_at: 42, tier: request.tier || 'basic', path: 'local', state: 'memory', error: '',
+    userId: request.user_id,
+    tier: request.tier || 'basic',
+    path: 'local',
+    state: 'memory',
+    decision: {
+      allowed, code: allowed ? 'OK' : 'RATE_LIMITED', limitedBy: allowed ? null : 'burst', retryAfterMs: allowed ? 0 : null,
+      limits: {
+        burst: { limit: 10, remaining: 9, reset_at: 1 }, minute: { limit: 100, remaining: 90.5, reset_at: 60_000 },
+        hour: { limit: 1000, remaining: 0, reset_at: 3_600_000 }, day: { limit: 2 ** 40, remaining: 2 ** 40 - 1, reset_at: 1_790_000_000_000 },
+      },
+      quotaUsed: request.cost, charged: request.cost, graceStarted: false, now: 42,
+    },
   };
 }
 
-async function server(decide: (requests: PeerDecideRequest[]) => Promise<PeerDecideResult[]>) {
+async function server(decide: (requests: PeerDecideRequest[]) => PeerAnswer[] | Promise<PeerAnswer[]>) {
   const port = await freePort();
   const batches: number[] = [];
   const s = await startPeerServer({
     host: '127.0.0.1', port, fallbackToFreePort: false, secret: SECRET, logger: createLogger('silent'),
     handler: {
-      decideBatch: async (_from, requests) => {
-        batches.push(requests.length);
-        return decide(requests);
+      decideBatch: (_from, checks) => {
+        batches.push(checks.user_ids.length);
+        return decide(checks.user_ids.map((userId, i) => ({ user_id: userId, tier: checks.tiers[i]!, cost: checks.costs[i]! })));
       },
       health: () => ({ member: 'n/0', status: 'serving', epoch: 3 }),
       resetQuota: async () => undefined,
@@ -53,8 +64,25 @@ describe('peer transport (gRPC, batched)', () => {
     const answers = await Promise.all(Array.from({ length: 40 }, (_, i) => c.decide({ user_id: `u${i}`, tier: '', cost: i % 7 })));
     expect(batches).toEqual([40]);
     expect(sizes).toEqual([40]);
-    expect(answers.map((a) => a.quota_used)).toEqual(Array.from({ length: 40 }, (_, i) => i % 7));
-    expect(answers[6]).toMatchObject({ allowed: false, code: 'RATE_LIMITED', decided_at: 42 });
+    expect(answers.map((a) => a.decision.quotaUsed)).toEqual(Array.from({ length: 40 }, (_, i) => i % 7));
+    expect(answers.map((a) => a.userId)).toEqual(Array.from({ length: 40 }, (_, i) => `u${i}`));
+    // Every figure crosses the wire as it was decided (charged is the owner's business).
+    const { charged: _charged, ...decided } = result({ user_id: 'u6', tier: '', cost: 6 }).decision;
+    expect(answers[6]).toEqual({ userId: 'u6', tier: 'basic', path: 'local', state: 'memory', decision: { ...decided, charged: 0 } });
+    expect(answers[1]!.decision).toMatchObject({ allowed: true, code: 'OK', limitedBy: null, retryAfterMs: 0 });
+  });
+
+  it('answers a check the owner could not decide with its error, and the others with theirs', async () => {
+    const { port } = await server(async (requests) => requests.map((r) => (r.user_id === 'bad' ? new Error('no such luck') : result(r))));
+    const c = client(port);
+    const [good, bad, refused] = await Promise.allSettled([
+      c.decide({ user_id: 'good', tier: 'pro', cost: 1 }),
+      c.decide({ user_id: 'bad', tier: '', cost: 1 }),
+      c.decide({ user_id: 'other', tier: '', cost: 9 }),
+    ]);
+    expect(good).toMatchObject({ status: 'fulfilled', value: { userId: 'good', tier: 'pro', decision: { allowed: true } } });
+    expect(String((bad as PromiseRejectedResult).reason)).toMatch(/no such luck/);
+    expect(refused).toMatchObject({ status: 'fulfilled', value: { decision: { allowed: false, code: 'RATE_LIMITED', limitedBy: 'burst', retryAfterMs: null } } });
   });
 
   it('splits at the batch limit', async () => {

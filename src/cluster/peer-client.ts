@@ -1,9 +1,13 @@
 import * as grpc from '@grpc/grpc-js';
-import { CHANNEL_OPTIONS, SECRET_HEADER, peerService, type PeerDecideRequest, type PeerDecideResult, type PeerHealthResponse } from './peer-protocol.js';
+import type { CheckOutcome } from '../node/decider.js';
+import {
+  CHANNEL_OPTIONS, RESULT_STRIDE, SECRET_HEADER, decodeResult, peerService, resultValues,
+  type PeerDecideRequest, type PeerHealthResponse, type WireBatch, type WireResults,
+} from './peer-protocol.js';
 
 interface Waiter {
   request: PeerDecideRequest;
-  resolve(result: PeerDecideResult): void;
+  resolve(outcome: CheckOutcome): void;
   reject(err: Error): void;
 }
 
@@ -12,7 +16,7 @@ interface InFlight {
   timer: NodeJS.Timeout;
 }
 
-type DecideStream = grpc.ClientDuplexStream<unknown, { id: number; results: PeerDecideResult[] }>;
+type DecideStream = grpc.ClientDuplexStream<WireBatch, WireResults>;
 
 export interface PeerClientOptions {
   /** The peer's member id and address. */
@@ -62,7 +66,8 @@ export class PeerClient {
     return this.options.address;
   }
 
-  decide(request: PeerDecideRequest): Promise<PeerDecideResult> {
+  /** The owner's decision on one check, as a local outcome (the caller marks it forwarded). */
+  decide(request: PeerDecideRequest): Promise<CheckOutcome> {
     if (this.closed) return Promise.reject(new Error(`peer ${this.options.memberId} client is closed`));
     return new Promise((resolve, reject) => {
       this.queue.push({ request, resolve, reject });
@@ -77,7 +82,7 @@ export class PeerClient {
 
   private openStream(): DecideStream {
     const stream = this.client.Decide(this.metadata);
-    stream.on('data', (answer: { id: number; results: PeerDecideResult[] }) => this.answered(answer.id, answer.results));
+    stream.on('data', (answer: WireResults) => this.answered(answer));
     const fail = (err: Error): void => {
       if (this.stream === stream) this.stream = null;
       this.failAll(err);
@@ -102,24 +107,36 @@ export class PeerClient {
     }, this.options.deadlineMs);
     this.inFlight.set(id, { waiters, timer });
     this.stream ??= this.openStream();
-    this.stream.write({ id, from: this.options.selfId, requests: waiters.map((w) => w.request) });
+    const n = waiters.length;
+    const batch: WireBatch = { id, from: this.options.selfId, user_ids: new Array<string>(n), tiers: new Array<string>(n), costs: new Array<number>(n) };
+    for (let i = 0; i < n; i++) {
+      const { request } = waiters[i]!;
+      batch.user_ids[i] = request.user_id;
+      batch.tiers[i] = request.tier;
+      batch.costs[i] = request.cost;
+    }
+    this.stream.write(batch);
   }
 
-  private answered(id: number, results: PeerDecideResult[]): void {
-    const batch = this.inFlight.get(id);
+  private answered(answer: WireResults): void {
+    const batch = this.inFlight.get(answer.id);
     if (batch === undefined) return;
-    this.inFlight.delete(id);
+    this.inFlight.delete(answer.id);
     clearTimeout(batch.timer);
-    if (results.length !== batch.waiters.length) {
-      const err = new Error(`peer ${this.options.memberId} answered ${results.length} results for ${batch.waiters.length} checks`);
-      for (const w of batch.waiters) w.reject(err);
+    const { waiters } = batch;
+    const values = resultValues(answer.values);
+    const { tiers, errors } = answer;
+    if (values.length !== waiters.length * RESULT_STRIDE || tiers.length !== waiters.length || (errors.length > 0 && errors.length !== waiters.length)) {
+      const err = new Error(`peer ${this.options.memberId} answered ${tiers.length} results for ${waiters.length} checks`);
+      for (const w of waiters) w.reject(err);
       return;
     }
-    batch.waiters.forEach((w, i) => {
-      const result = results[i]!;
-      if (result.error) w.reject(new Error(`peer ${this.options.memberId}: ${result.error}`));
-      else w.resolve(result);
-    });
+    for (let i = 0; i < waiters.length; i++) {
+      const w = waiters[i]!;
+      const error = errors.length > 0 ? errors[i]! : '';
+      if (error !== '') w.reject(new Error(`peer ${this.options.memberId}: ${error}`));
+      else w.resolve(decodeResult(w.request.user_id, values, i, tiers[i]!));
+    }
   }
 
   private fail(id: number, err: Error): void {

@@ -1,40 +1,37 @@
+import { endianness } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import type { CheckOutcome } from '../node/decider.js';
-import type { Decision, DecisionCode, LimitStatus } from '../node/engine.js';
-import type { LimitName } from '../node/limits.js';
+import type { CheckOutcome, StateSource } from '../node/decider.js';
+import { DECISION_CODES, type Decision, type LimitStatus } from '../node/engine.js';
+import { LIMIT_NAMES, type LimitName } from '../node/limits.js';
 import type { DecisionPath } from '../observability/metrics.js';
 import { projectRoot } from '../util/paths.js';
 
-/** Wire shapes of proto/peer.proto (loaded with keepCase, longs as numbers). */
+/** One forwarded check, as the sender queues it. */
 export interface PeerDecideRequest {
   user_id: string;
   tier: string;
   cost: number;
 }
 
-interface WireLimit {
-  limit: number;
-  remaining: number;
-  reset_at: number;
+/** What an owner answers for one forwarded check: the outcome, or why it could not decide. */
+export type PeerAnswer = CheckOutcome | Error;
+
+/** Wire shapes of proto/peer.proto (loaded with keepCase, longs as numbers). */
+export interface WireBatch {
+  id: number;
+  from: string;
+  user_ids: string[];
+  tiers: string[];
+  costs: number[];
 }
 
-export interface PeerDecideResult {
-  allowed: boolean;
-  code: string;
-  limited_by: string;
-  retry_after_ms: number;
-  burst: WireLimit | null;
-  minute: WireLimit | null;
-  hour: WireLimit | null;
-  day: WireLimit | null;
-  quota_used: number;
-  decided_at: number;
-  tier: string;
-  path: string;
-  state: string;
-  error: string;
+export interface WireResults {
+  id: number;
+  values: Buffer;
+  tiers: string[];
+  errors: string[];
 }
 
 export interface PeerHealthResponse {
@@ -65,42 +62,90 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': 16 * 1024 * 1024,
 };
 
-const limitOf = (s: LimitStatus): WireLimit => ({ limit: s.limit, remaining: s.remaining, reset_at: s.reset_at });
-const statusOf = (w: WireLimit | null): LimitStatus => ({ limit: w?.limit ?? 0, remaining: w?.remaining ?? 0, reset_at: w?.reset_at ?? 0 });
+/** Where each figure of a check's answer lies among its {@link RESULT_STRIDE} doubles (proto/peer.proto). */
+export const RESULT = {
+  allowed: 0, code: 1, limitedBy: 2, retryAfterMs: 3, burst: 4, minute: 7, hour: 10, day: 13, quotaUsed: 16, decidedAt: 17, path: 18, state: 19,
+} as const;
+export const RESULT_STRIDE = 20;
+const LIMITED_BY: Array<LimitName | null> = [null, ...LIMIT_NAMES];
+const PATHS: DecisionPath[] = ['local', 'forwarded', 'redis', 'fallback'];
+const STATES: Array<StateSource | undefined> = [undefined, 'memory', 'loaded', 'refreshed', 'fresh'];
+const LITTLE_ENDIAN = endianness() === 'LE';
 
-export function toWire(outcome: CheckOutcome): PeerDecideResult {
-  const d = outcome.decision;
-  return {
-    allowed: d.allowed,
-    code: d.code,
-    limited_by: d.limitedBy ?? '',
-    retry_after_ms: d.retryAfterMs ?? -1,
-    burst: limitOf(d.limits.burst),
-    minute: limitOf(d.limits.minute),
-    hour: limitOf(d.limits.hour),
-    day: limitOf(d.limits.day),
-    quota_used: d.quotaUsed,
-    decided_at: d.now,
-    tier: outcome.tier,
-    path: outcome.path,
-    state: outcome.state ?? '',
-    error: '',
-  };
+/** Packs the owner's answers to a batch. */
+export function encodeResults(id: number, answers: PeerAnswer[]): WireResults {
+  const values = new Float64Array(answers.length * RESULT_STRIDE);
+  const tiers: string[] = new Array<string>(answers.length);
+  let errors: string[] = [];
+  answers.forEach((answer, i) => {
+    if (answer instanceof Error) {
+      if (errors.length === 0) errors = new Array<string>(answers.length).fill('');
+      errors[i] = answer.message || 'the owner could not decide';
+      tiers[i] = '';
+      return;
+    }
+    const d = answer.decision;
+    const at = i * RESULT_STRIDE;
+    values[at + RESULT.allowed] = d.allowed ? 1 : 0;
+    values[at + RESULT.code] = DECISION_CODES.indexOf(d.code);
+    values[at + RESULT.limitedBy] = LIMITED_BY.indexOf(d.limitedBy);
+    values[at + RESULT.retryAfterMs] = d.retryAfterMs ?? -1;
+    putLimit(values, at + RESULT.burst, d.limits.burst);
+    putLimit(values, at + RESULT.minute, d.limits.minute);
+    putLimit(values, at + RESULT.hour, d.limits.hour);
+    putLimit(values, at + RESULT.day, d.limits.day);
+    values[at + RESULT.quotaUsed] = d.quotaUsed;
+    values[at + RESULT.decidedAt] = d.now;
+    values[at + RESULT.path] = PATHS.indexOf(answer.path);
+    values[at + RESULT.state] = STATES.indexOf(answer.state);
+    tiers[i] = answer.tier;
+  });
+  const bytes = Buffer.from(values.buffer, values.byteOffset, values.byteLength);
+  return { id, values: LITTLE_ENDIAN ? bytes : Buffer.from(bytes).swap64(), tiers, errors };
 }
 
-export function fromWire(userId: string, r: PeerDecideResult): CheckOutcome {
+/**
+ * The doubles of an answer, whatever the alignment protobuf left them at (a Float64Array
+ * view needs an offset that is a multiple of 8).
+ */
+export function resultValues(values: Buffer): Float64Array {
+  const own = LITTLE_ENDIAN && values.byteOffset % 8 === 0 ? values : Buffer.from(values);
+  if (!LITTLE_ENDIAN) own.swap64();
+  return new Float64Array(own.buffer, own.byteOffset, own.byteLength / 8);
+}
+
+/** Check `i` of an answer as a local outcome (the receiving worker marks it forwarded). */
+export function decodeResult(userId: string, values: Float64Array, i: number, tier: string): CheckOutcome {
+  const at = i * RESULT_STRIDE;
+  const retry = values[at + RESULT.retryAfterMs]!;
   const decision: Decision = {
-    allowed: r.allowed,
-    code: r.code as DecisionCode,
-    limitedBy: r.limited_by === '' ? null : (r.limited_by as LimitName),
-    retryAfterMs: r.retry_after_ms < 0 ? null : r.retry_after_ms,
-    limits: { burst: statusOf(r.burst), minute: statusOf(r.minute), hour: statusOf(r.hour), day: statusOf(r.day) },
-    quotaUsed: r.quota_used,
+    allowed: values[at + RESULT.allowed] === 1,
+    code: DECISION_CODES[values[at + RESULT.code]!] ?? 'UNAVAILABLE',
+    limitedBy: LIMITED_BY[values[at + RESULT.limitedBy]!] ?? null,
+    retryAfterMs: retry < 0 ? null : retry,
+    limits: {
+      burst: limitAt(values, at + RESULT.burst),
+      minute: limitAt(values, at + RESULT.minute),
+      hour: limitAt(values, at + RESULT.hour),
+      day: limitAt(values, at + RESULT.day),
+    },
+    quotaUsed: values[at + RESULT.quotaUsed]!,
     charged: 0,
     graceStarted: false,
-    now: r.decided_at,
+    now: values[at + RESULT.decidedAt]!,
   };
-  const outcome: CheckOutcome = { userId, tier: r.tier, decision, path: r.path as DecisionPath };
-  if (r.state !== '') outcome.state = r.state as CheckOutcome['state'] & string;
+  const outcome: CheckOutcome = { userId, tier, decision, path: PATHS[values[at + RESULT.path]!] ?? 'local' };
+  const state = STATES[values[at + RESULT.state]!];
+  if (state !== undefined) outcome.state = state;
   return outcome;
+}
+
+function putLimit(values: Float64Array, at: number, s: LimitStatus): void {
+  values[at] = s.limit;
+  values[at + 1] = s.remaining;
+  values[at + 2] = s.reset_at;
+}
+
+function limitAt(values: Float64Array, at: number): LimitStatus {
+  return { limit: values[at]!, remaining: values[at + 1]!, reset_at: values[at + 2]! };
 }

@@ -1,11 +1,15 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/logger.js';
-import { CHANNEL_OPTIONS, SECRET_HEADER, peerService, type PeerDecideRequest, type PeerDecideResult, type PeerHealthResponse } from './peer-protocol.js';
+import { CHANNEL_OPTIONS, SECRET_HEADER, encodeResults, peerService, type PeerAnswer, type PeerHealthResponse, type WireBatch } from './peer-protocol.js';
+
+/** A batch of forwarded checks: entry i of each list is check i. */
+export type PeerChecks = Pick<WireBatch, 'user_ids' | 'tiers' | 'costs'>;
 
 /** What a worker does with the calls its peers make. */
 export interface PeerHandler {
-  decideBatch(from: string, requests: PeerDecideRequest[]): Promise<PeerDecideResult[]>;
+  /** An answer per check, in order (synchronously when every user was in memory). */
+  decideBatch(from: string, checks: PeerChecks): PeerAnswer[] | Promise<PeerAnswer[]>;
   health(from: string, youWereSuspected: boolean): PeerHealthResponse;
   resetQuota(userId: string): Promise<void>;
 }
@@ -39,19 +43,25 @@ export async function startPeerServer(options: {
   const server = new grpc.Server({ ...CHANNEL_OPTIONS, 'grpc.max_concurrent_streams': 1000 });
   const unauthenticated = { code: grpc.status.UNAUTHENTICATED, details: 'missing or wrong cluster secret' };
   server.addService(peerService().service, {
-    Decide: (call: grpc.ServerDuplexStream<{ id: number; from: string; requests: PeerDecideRequest[] }, unknown>) => {
+    Decide: (call: grpc.ServerDuplexStream<WireBatch, unknown>) => {
       if (!authorized(call.metadata, expected)) {
         call.emit('error', unauthenticated);
         return;
       }
-      call.on('data', (batch: { id: number; from: string; requests: PeerDecideRequest[] }) => {
-        options.handler.decideBatch(batch.from, batch.requests).then(
-          (results) => call.write({ id: batch.id, results }),
-          (err: Error) => {
-            options.logger.error({ err }, 'peer decide batch failed');
-            call.write({ id: batch.id, results: batch.requests.map(() => ({ error: err.message })) });
-          },
-        );
+      const failed = (batch: WireBatch, err: Error): void => {
+        options.logger.error({ err }, 'peer decide batch failed');
+        call.write(encodeResults(batch.id, batch.user_ids.map(() => err)));
+      };
+      call.on('data', (batch: WireBatch) => {
+        let answers: PeerAnswer[] | Promise<PeerAnswer[]>;
+        try {
+          answers = options.handler.decideBatch(batch.from, batch);
+        } catch (err) {
+          failed(batch, err as Error);
+          return;
+        }
+        if (Array.isArray(answers)) call.write(encodeResults(batch.id, answers));
+        else answers.then((a) => call.write(encodeResults(batch.id, a)), (err: Error) => failed(batch, err));
       });
       call.on('end', () => call.end());
       call.on('error', () => undefined);

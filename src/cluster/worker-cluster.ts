@@ -10,7 +10,7 @@ import type { RedisConnection } from '../storage/redis/connection.js';
 import { CLUSTER_SECRET_KEY } from '../storage/redis/keys.js';
 import { ClusterView } from './cluster-view.js';
 import { FixedMembership, RedisMembership, nodeMembers, staticMembers, type MembershipSource } from './membership.js';
-import { toWire, type PeerDecideResult } from './peer-protocol.js';
+import type { PeerAnswer } from './peer-protocol.js';
 import { startPeerServer, type PeerServer } from './peer-server.js';
 import type { Member } from './ring.js';
 
@@ -115,17 +115,27 @@ export class WorkerCluster {
       secret,
       logger: log,
       handler: {
-        decideBatch: async (_from, requests) => {
+        decideBatch: (_from, checks) => {
           const d = decider();
-          return Promise.all(
-            requests.map(async (r): Promise<PeerDecideResult> => {
-              try {
-                return toWire(await d.decideForPeer({ userId: r.user_id, tier: r.tier === '' ? undefined : r.tier, cost: r.cost }));
-              } catch (err) {
-                return { ...EMPTY_RESULT, error: (err as Error).message };
+          const n = checks.user_ids.length;
+          const answers = new Array<PeerAnswer | Promise<PeerAnswer>>(n);
+          let waiting = false;
+          for (let i = 0; i < n; i++) {
+            const tier = checks.tiers[i];
+            try {
+              const outcome = d.decideForPeer({ userId: checks.user_ids[i]!, tier: tier === '' ? undefined : tier, cost: checks.costs[i] ?? 1 });
+              if (outcome instanceof Promise) {
+                waiting = true;
+                answers[i] = outcome.catch((err: unknown) => asError(err));
+              } else {
+                answers[i] = outcome;
               }
-            }),
-          );
+            } catch (err) {
+              answers[i] = asError(err);
+            }
+          }
+          // Users in memory are answered in this turn; only loads from Redis are waited for.
+          return waiting ? Promise.all(answers) : (answers as PeerAnswer[]);
         },
         resetQuota: (userId) => decider().resetOwned(userId),
         health: (from, youWereSuspected) => {
@@ -183,7 +193,6 @@ export class WorkerCluster {
   }
 }
 
-const EMPTY_RESULT: PeerDecideResult = {
-  allowed: false, code: '', limited_by: '', retry_after_ms: -1, burst: null, minute: null, hour: null, day: null,
-  quota_used: 0, decided_at: 0, tier: '', path: '', state: '', error: '',
-};
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}

@@ -10,7 +10,6 @@ import type { RedisConnection } from '../storage/redis/connection.js';
 import type { RedisScripts } from '../storage/redis/scripts.js';
 import type { Reconciler } from '../storage/redis/reconciler.js';
 import type { ClusterView } from '../cluster/cluster-view.js';
-import { fromWire } from '../cluster/peer-protocol.js';
 
 export interface CheckInput {
   userId: string;
@@ -149,8 +148,7 @@ export class Decider {
     if (route === undefined || route.kind === 'self') return this.decideOwned(input, limits, now, started, count);
     if (route.kind === 'suspect') return this.decideInRedis(input, limits, now, started, count);
     return route.client.decide({ user_id: input.userId, tier: input.tier ?? '', cost: input.cost }).then(
-      (result) => {
-        const outcome = fromWire(input.userId, result);
+      (outcome) => {
         if (outcome.path === 'local') outcome.path = 'forwarded';
         outcome.limits = limits;
         return this.finish(outcome, started, count, input);
