@@ -1,7 +1,7 @@
 import cluster from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
-import { LOCAL_SECRET_ENV, WORKER_INDEX_ENV, runPrimary, type PrimaryMessage, type WorkerMessage } from './cluster/primary.js';
+import { LOCAL_SECRET_ENV, SIBLING_SOCKET_ENV, WORKER_INDEX_ENV, runPrimary, type PrimaryMessage, type WorkerMessage } from './cluster/primary.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { nodeIdOf, startWorker, type RunningWorker } from './worker.js';
 import { openWorkerDatabase } from './storage/db/node-database.js';
@@ -78,6 +78,7 @@ async function runWorker({ config }: LoadedConfig, logger: Logger): Promise<void
     workerIndex: index,
     cluster: true,
     ...(process.env[LOCAL_SECRET_ENV] !== undefined ? { localSecret: process.env[LOCAL_SECRET_ENV] } : {}),
+    ...(process.env[SIBLING_SOCKET_ENV] ? { siblingSocketDir: process.env[SIBLING_SOCKET_ENV] } : {}),
     metricsText,
     database: openWorkerDatabase(config, logger),
   });

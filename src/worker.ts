@@ -49,6 +49,8 @@ export interface NodeOptions {
   cluster: boolean;
   /** Secret the node's workers share when nothing else provides one. */
   localSecret?: string;
+  /** Directory where the node's workers serve each other on unix sockets (set by the primary). */
+  siblingSocketDir?: string;
   /** Metrics text for /metrics; default: this process's own registry. */
   metricsText?: () => Promise<{ body: string; contentType: string }>;
   /**
@@ -211,6 +213,7 @@ export async function buildNode(
       {
         config, nodeId, workerIndex: options.workerIndex, shard, metrics, logger: workerLogger, redis: redis?.connection ?? null, clock,
         ...(options.localSecret !== undefined ? { localSecret: options.localSecret } : {}),
+        ...(options.siblingSocketDir !== undefined ? { siblingSocketDir: options.siblingSocketDir } : {}),
       },
       () => decider,
     );

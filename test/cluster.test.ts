@@ -55,7 +55,7 @@ async function startNode(name: string, extra: Record<string, string> = {}): Prom
 
 interface StatusBody {
   pid: number;
-  cluster: { members: Array<{ id: string; suspected: boolean }> } | null;
+  cluster: { self: string; members: Array<{ id: string; self: boolean; via: 'unix' | 'tcp' | null; suspected: boolean }> } | null;
 }
 
 async function status(node: NodeProcess): Promise<StatusBody> {
@@ -114,6 +114,10 @@ describe('a cluster of three nodes × two workers', () => {
     expect(run.observed.length).toBeGreaterThan(600);
     const modes = new Set(run.observed.map((o) => o.mode));
     expect(modes).toEqual(new Set(['local', 'forwarded']));
+    // A worker reaches its sibling over the node's unix socket, the other nodes over TCP.
+    const view = (await status(all[0]!)).cluster!;
+    const node = (id: string): string => id.slice(0, id.lastIndexOf('/'));
+    for (const m of view.members) expect([m.id, m.via]).toEqual([m.id, m.self ? null : node(m.id) === node(view.self) ? 'unix' : 'tcp']);
     const over = overAdmission(run.observed);
     const wrong = [...over].filter(([, v]) => v !== 0);
     expect(wrong, 'users whose admissions differ from one exact owner').toEqual([]);

@@ -24,6 +24,8 @@ export interface ClusterViewOptions {
   shard: Shard;
   metrics: Metrics;
   logger: Logger;
+  /** Where this node's worker `index` also serves peers on a unix socket; absent = TCP only. */
+  siblingSocket?: (index: number) => string;
 }
 
 interface PeerState {
@@ -89,9 +91,11 @@ export class ClusterView {
 
   private newClient(member: Member): PeerClient {
     const { options } = this;
+    // A worker of this node is reached over its unix socket: no TCP on the way.
+    const sibling = options.siblingSocket !== undefined && member.nodeId === options.self.nodeId;
     return new PeerClient({
       memberId: member.id,
-      address: member.address,
+      address: sibling ? `unix:${options.siblingSocket!(Number(member.id.slice(member.id.lastIndexOf('/') + 1)))}` : member.address,
       selfId: options.self.id,
       secret: options.secret,
       deadlineMs: options.deadlineMs,
@@ -149,13 +153,14 @@ export class ClusterView {
     );
   }
 
-  status(): Array<{ id: string; address: string; self: boolean; suspected: boolean; suspected_since: number | null }> {
+  status(): Array<{ id: string; address: string; self: boolean; via: 'unix' | 'tcp' | null; suspected: boolean; suspected_since: number | null }> {
     return this.ring.members.map((m) => {
       const peer = this.peers.get(m.id);
       return {
         id: m.id,
         address: m.address,
         self: m.id === this.options.self.id,
+        via: peer === undefined ? null : peer.client.address.startsWith('unix:') ? 'unix' : 'tcp',
         suspected: peer !== undefined && peer.suspectedSince !== null,
         suspected_since: peer?.suspectedSince ?? null,
       };

@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/logger.js';
 import { CHANNEL_OPTIONS, SECRET_HEADER, encodeResults, peerService, type PeerAnswer, type PeerHealthResponse, type WireBatch } from './peer-protocol.js';
@@ -29,7 +30,8 @@ function authorized(metadata: grpc.Metadata, expected: Buffer): boolean {
 
 /**
  * A worker's peer gRPC server. Binds `host:port`; with `fallbackToFreePort` a taken port
- * is replaced by one the OS picks (the registry advertises the real one).
+ * is replaced by one the OS picks (the registry advertises the real one). With `unixPath`
+ * it also serves on that socket, which the node's other workers use instead of TCP.
  */
 export async function startPeerServer(options: {
   host: string;
@@ -38,6 +40,8 @@ export async function startPeerServer(options: {
   secret: string;
   handler: PeerHandler;
   logger: Logger;
+  /** Also serve on this unix socket (for this node's other workers). */
+  unixPath?: string;
 }): Promise<PeerServer> {
   const expected = digest(options.secret);
   const server = new grpc.Server({ ...CHANNEL_OPTIONS, 'grpc.max_concurrent_streams': 1000 });
@@ -89,6 +93,13 @@ export async function startPeerServer(options: {
     if (!options.fallbackToFreePort) throw err;
     options.logger.warn({ port: options.port, err: (err as Error).message }, 'peer port taken; using one the OS picks');
     port = await bind(0);
+  }
+  if (options.unixPath !== undefined) {
+    const path = options.unixPath;
+    rmSync(path, { force: true });
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix:${path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
   }
   return {
     port,

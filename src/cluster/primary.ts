@@ -1,5 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
@@ -15,6 +18,8 @@ export type WorkerMessage = { type: 'rl:metrics-request'; id: number } | { type:
 
 export const WORKER_INDEX_ENV = 'RATE_LIMITING_WORKER_INDEX';
 export const LOCAL_SECRET_ENV = 'RATE_LIMITING_LOCAL_SECRET';
+/** A directory private to the node where its workers serve each other on unix sockets. */
+export const SIBLING_SOCKET_ENV = 'RATE_LIMITING_SIBLING_SOCKET_DIR';
 
 const RESTART_MIN_MS = 100;
 const RESTART_MAX_MS = 5000;
@@ -48,11 +53,14 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
     });
   }
   const localSecret = randomBytes(24).toString('hex');
+  // The node's workers reach each other over unix sockets here (removed when the node exits).
+  const siblingSocketDir = mkdtempSync(join(tmpdir(), 'rl-node-'));
+  process.on('exit', () => rmSync(siblingSocketDir, { recursive: true, force: true }));
   const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number }>();
   let stopping = false;
 
   const fork = (index: number, backoff = RESTART_MIN_MS): void => {
-    const env: Record<string, string> = { [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret };
+    const env: Record<string, string> = { [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret, [SIBLING_SOCKET_ENV]: siblingSocketDir };
     if (database.socketDir !== null) env[PGLITE_SOCKET_ENV] = database.socketDir;
     const worker = cluster.fork(env);
     byIndex.set(index, { worker, startedAt: Date.now(), backoff });

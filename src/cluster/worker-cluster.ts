@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
 import type { Config } from '../config/types.js';
 import type { Decider } from '../node/decider.js';
 import type { Shard } from '../node/shard.js';
@@ -55,6 +56,8 @@ export interface WorkerClusterOptions {
   clock: () => number;
   /** Secret shared by this node's workers when nothing else provides one (set by the primary). */
   localSecret?: string;
+  /** A directory private to this node where its workers serve each other on unix sockets (set by the primary). */
+  siblingSocketDir?: string;
 }
 
 /**
@@ -92,6 +95,7 @@ export class WorkerCluster {
       batchLimit: config.cluster.batch_limit,
       batchWaitUs: config.cluster.batch_wait_us,
       healthIntervalMs: config.cluster.health_interval_ms,
+      ...(options.siblingSocketDir !== undefined ? { siblingSocket: (index: number) => siblingSocketPath(options.siblingSocketDir!, index) } : {}),
       ring: { vnodes: config.cluster.vnodes, cacheSize: Math.min(config.limiter.max_users_in_memory, 1_000_000) },
       shard: options.shard,
       metrics: options.metrics,
@@ -114,6 +118,7 @@ export class WorkerCluster {
       fallbackToFreePort: dynamic,
       secret,
       logger: log,
+      ...(options.siblingSocketDir !== undefined ? { unixPath: siblingSocketPath(options.siblingSocketDir, workerIndex) } : {}),
       handler: {
         decideBatch: (_from, checks) => {
           const d = decider();
@@ -191,6 +196,11 @@ export class WorkerCluster {
     await this.server.close();
     this.view.close();
   }
+}
+
+/** The unix socket worker `index` of a node serves its siblings on. */
+export function siblingSocketPath(dir: string, index: number): string {
+  return join(dir, `peer-${index}.sock`);
 }
 
 function asError(err: unknown): Error {

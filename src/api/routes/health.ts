@@ -7,7 +7,7 @@ export interface ClusterStatus {
   self: string;
   membership: string;
   epoch: number;
-  members: Array<{ id: string; address: string; self: boolean; suspected: boolean; suspected_since: number | null }>;
+  members: Array<{ id: string; address: string; self: boolean; via: 'unix' | 'tcp' | null; suspected: boolean; suspected_since: number | null }>;
   decisions_by_path: Record<string, number>;
   forwarded_batches: { batches: number; mean_size: number };
 }
@@ -78,6 +78,7 @@ const statusSchema = {
                   id: { type: 'string' },
                   address: { type: 'string' },
                   self: { type: 'boolean' },
+                  via: { type: ['string', 'null'], enum: ['unix', 'tcp', null], description: 'how this worker reaches the member: a unix socket (same node) or TCP; null for itself' },
                   suspected: { type: 'boolean' },
                   suspected_since: { type: ['integer', 'null'] },
                 },
