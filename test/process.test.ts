@@ -43,7 +43,18 @@ describe('the node process (npm start)', () => {
     const health = await (await fetch(`${node.url}/health`)).json();
     expect(health).toMatchObject({ status: 'healthy', redis_connected: false, durability: 'memory' });
     expect(node.output()).toMatch(/durability OFF/);
+    // Both workers hold a stream to each other; neither waits on the other's to end
+    // (it used to take ~10 s, until gRPC's keepalive gave up).
+    expect(node.workerPids()).toHaveLength(2);
+    const modes = new Set<string>();
+    for (let i = 0; i < 40; i++) {
+      const res = await fetch(`${node.url}/rate-limiting/check`, { method: 'POST', headers: { 'content-type': 'application/json', connection: 'close' }, body: JSON.stringify({ user_id: `u${i}` }) });
+      modes.add(((await res.json()) as { mode: string }).mode);
+    }
+    expect(modes).toEqual(new Set(['local', 'forwarded']));
+    const stopping = Date.now();
     expect(await node.stop()).toBe(0);
+    expect(Date.now() - stopping).toBeLessThan(5000);
   });
 
   it('exits non-zero naming the variable when an environment value is bad', async () => {

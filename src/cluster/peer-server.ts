@@ -105,7 +105,11 @@ export async function startPeerServer(options: {
     port,
     close: () =>
       new Promise<void>((resolve) => {
-        const timer = setTimeout(() => server.forceShutdown(), 2000);
+        // Streams peers keep open are cut after 2 s (their batches fail over to Redis).
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 2000);
         server.tryShutdown(() => {
           clearTimeout(timer);
           resolve();

@@ -193,8 +193,11 @@ export class WorkerCluster {
   async stop(): Promise<void> {
     clearInterval(this.watchdog);
     await this.membership.stop();
-    await this.server.close();
+    // Our own streams to peers end first (nothing is forwarded any more: the API is closed),
+    // so that peers stopping at the same time, such as our siblings, are not left waiting
+    // on them before their servers can shut down.
     this.view.close();
+    await this.server.close();
   }
 }
 
