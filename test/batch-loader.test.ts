@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BatchLoader } from '../src/accounts/batch-loader.js';
 
 describe('BatchLoader', () => {
@@ -16,6 +16,43 @@ describe('BatchLoader', () => {
     // A later turn is a new batch.
     expect(await loader.load('known-c')).toBe('value of known-c');
     expect(calls).toHaveLength(2);
+  });
+
+  afterEach(() => vi.useRealTimers());
+
+  it('gathers background loads over several turns into one batch, and a foreground load takes them along', async () => {
+    vi.useFakeTimers();
+    const calls: string[][] = [];
+    const loader = new BatchLoader<string>({ backgroundWaitMs: 100, loadMany: async (ids) => (calls.push(ids), new Map(ids.map((id) => [id, id]))) });
+    const gathered = [loader.load('a', true)];
+    await vi.advanceTimersByTimeAsync(40);
+    gathered.push(loader.load('b', true));
+    await vi.advanceTimersByTimeAsync(40);
+    gathered.push(loader.load('c', true));
+    expect(calls).toEqual([]);
+    await vi.advanceTimersByTimeAsync(20);
+    expect(await Promise.all(gathered)).toEqual(['a', 'b', 'c']);
+    expect(calls).toEqual([['a', 'b', 'c']]);
+
+    const waiting = loader.load('d', true);
+    await vi.advanceTimersByTimeAsync(10);
+    const both = Promise.all([loader.load('e'), waiting]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await both).toEqual(['e', 'd']);
+    expect(calls).toEqual([['a', 'b', 'c'], ['d', 'e']]);
+    // Nothing left behind: the background timer went with the foreground batch.
+    await vi.advanceTimersByTimeAsync(200);
+    expect(calls).toHaveLength(2);
+  });
+
+  it('sends background loads at once when they fill a batch', async () => {
+    vi.useFakeTimers();
+    const sizes: number[] = [];
+    const loader = new BatchLoader<number>({ maxBatch: 3, backgroundWaitMs: 1000, loadMany: async (ids) => (sizes.push(ids.length), new Map()) });
+    const all = Array.from({ length: 3 }, (_, i) => loader.load(`id-${i}`, true));
+    await vi.advanceTimersByTimeAsync(1);
+    expect(sizes).toEqual([3]);
+    await Promise.all(all);
   });
 
   it('splits a turn into batches of at most maxBatch', async () => {

@@ -24,8 +24,12 @@ import { LRUCache } from 'lru-cache';
 export type CacheLookup<V> = { state: 'found'; value: V } | { state: 'missing' } | { state: 'unavailable' };
 
 export interface RefreshingCacheOptions<V> {
-  /** Reads one entry from the store: null when it does not exist; throws when the store cannot answer. */
-  load(id: string): Promise<V | null>;
+  /**
+   * Reads one entry from the store: null when it does not exist; throws when the store
+   * cannot answer. `background` is set for re-checks and reloads nobody waits for (they
+   * may be gathered into fewer reads).
+   */
+  load(id: string, background: boolean): Promise<V | null>;
   clock: () => number;
   maxEntries: number;
   maxMissing: number;
@@ -96,11 +100,11 @@ export class RefreshingCache<V extends object> {
       if (now >= until && !this.loading.has(id)) {
         // Until the re-check answers, try again only after the retry delay.
         this.missing.set(id, now + this.options.retryAfterMs);
-        void this.load(id);
+        void this.load(id, true);
       }
       return MISSING;
     }
-    return this.load(id);
+    return this.load(id, false);
   }
 
   /** Drops what is known about `id`; the next `get` reads the store. */
@@ -132,14 +136,14 @@ export class RefreshingCache<V extends object> {
     if (this.loading.has(id)) return;
     // Until the reload succeeds, try again only after the retry delay (not on every request).
     entry.refreshAt = now + this.options.retryAfterMs;
-    void this.load(id);
+    void this.load(id, true);
   }
 
-  private load(id: string): Promise<CacheLookup<V>> {
+  private load(id: string, background: boolean): Promise<CacheLookup<V>> {
     const running = this.loading.get(id);
     if (running !== undefined) return running;
     const generation = this.generation;
-    const promise = this.options.load(id).then(
+    const promise = this.options.load(id, background).then(
       (value): CacheLookup<V> => {
         const now = this.options.clock();
         const current = generation === this.generation;

@@ -57,8 +57,8 @@ export class UserDirectory {
     const getMany = store.getMany?.bind(store);
     const batches = getMany ? new BatchLoader<UserProfile>({ loadMany: getMany }) : null;
     this.cache = new RefreshingCache<KnownUser>({
-      load: async (userId) => {
-        const user = batches ? await batches.load(userId) : await store.get(userId);
+      load: async (userId, background) => {
+        const user = batches ? await batches.load(userId, background) : await store.get(userId);
         if (user === null) return null;
         const profile: UserProfile = { tier: user.tier, overrides: user.overrides, quotaOverride: user.quotaOverride, disabled: user.disabled };
         return { state: 'known', profile };
