@@ -187,6 +187,11 @@ describe.each(DATABASE_BACKENDS)('accounts storage on $name', (backend) => {
       });
       expect(await repos.apiKeys.findByHash(hashApiKey(issued.key))).toEqual({ keyId: issued.record.id, userId: 'carol', expiresAt: T0 + 24 * HOUR, revokedAt: null });
       expect(await repos.apiKeys.findByHash(hashApiKey(generateApiKey().key))).toBeNull();
+      // Many at once: only the hashes that exist, each as findByHash answers it.
+      const unknown = hashApiKey(generateApiKey().key);
+      const many = await repos.apiKeys.findManyByHash([hashApiKey(issued.key), unknown]);
+      expect([...many]).toEqual([[hashApiKey(issued.key), await repos.apiKeys.findByHash(hashApiKey(issued.key))]]);
+      expect((await repos.apiKeys.findManyByHash([])).size).toBe(0);
     });
 
     it('are listed oldest first, without the key or its hash', async () => {

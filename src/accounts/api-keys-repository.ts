@@ -63,8 +63,12 @@ export class ApiKeysRepository {
   async findByHash(keyHash: string): Promise<KeyLookup | null> {
     const result = await this.db.query('SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = $1', [keyHash]);
     const row = result.rows[0];
-    if (row === undefined) return null;
-    return { keyId: String(row.id), userId: String(row.user_id), expiresAt: toMsOrNull(row.expires_at), revokedAt: toMsOrNull(row.revoked_at) };
+    return row === undefined ? null : toLookup(row);
+  }
+
+  async findManyByHash(keyHashes: string[]): Promise<Map<string, KeyLookup>> {
+    const result = await this.db.query('SELECT key_hash, id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ANY($1::text[])', [keyHashes]);
+    return new Map(result.rows.map((row) => [String(row.key_hash), toLookup(row)]));
   }
 
   async get(keyId: string): Promise<ApiKeyRecord | null> {
@@ -155,4 +159,8 @@ function toKey(row: Record<string, unknown>): ApiKeyRecord {
     lastUsedAt: toMsOrNull(row.last_used_at),
     rotatedFrom: row.rotated_from === null || row.rotated_from === undefined ? null : String(row.rotated_from),
   };
+}
+
+function toLookup(row: Record<string, unknown>): KeyLookup {
+  return { keyId: String(row.id), userId: String(row.user_id), expiresAt: toMsOrNull(row.expires_at), revokedAt: toMsOrNull(row.revoked_at) };
 }

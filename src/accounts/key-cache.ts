@@ -20,6 +20,7 @@ import type { Logger } from '../observability/logger.js';
 import { API_KEY_LENGTH, checkApiKeyFormat, hashApiKey } from './api-keys.js';
 import type { KeyLookup, LastUsed } from './api-keys-repository.js';
 import type { InvalidationBus } from './invalidation.js';
+import { BatchLoader } from './batch-loader.js';
 import { RefreshingCache, type CacheLookup } from './refreshing-cache.js';
 
 export type KeyCheckCode = 'valid' | 'INVALID_KEY' | 'KEY_EXPIRED' | 'KEY_REVOKED' | 'KEY_STORE_UNAVAILABLE';
@@ -36,6 +37,8 @@ export interface KeyCheck {
 /** What the resolver needs from the database (ApiKeysRepository provides it). */
 export interface KeyStore {
   findByHash(keyHash: string): Promise<KeyLookup | null>;
+  /** Many keys in one read (when the store can): the map holds the hashes that exist. */
+  findManyByHash?(keyHashes: string[]): Promise<Map<string, KeyLookup>>;
   touchLastUsed(batch: readonly LastUsed[]): Promise<number>;
 }
 
@@ -96,9 +99,13 @@ export class KeyResolver {
     this.store = options.store;
     this.logger = options.logger;
     this.maxPendingLastUsed = options.maxPendingLastUsed ?? 100_000;
+    // Lookups of one turn share a query; reloads nobody waits for (every key's, every 30 s)
+    // gather for longer (batch-loader.ts).
+    const findMany = options.store.findManyByHash?.bind(options.store);
+    const batches = findMany ? new BatchLoader<KeyLookup>({ loadMany: findMany }) : null;
     this.cache = new RefreshingCache<CachedKey>({
-      load: async (hash) => {
-        const lookup = await this.store.findByHash(hash);
+      load: async (hash, background) => {
+        const lookup = batches ? await batches.load(hash, background) : await this.store.findByHash(hash);
         return lookup === null ? null : cachedKey(lookup);
       },
       clock: options.clock,
