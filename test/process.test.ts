@@ -1,3 +1,7 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { postJson, startNodeProcess, type NodeProcess } from './helpers/node-process.js';
 
@@ -55,6 +59,19 @@ describe('the node process (npm start)', () => {
     const stopping = Date.now();
     expect(await node.stop()).toBe(0);
     expect(Date.now() - stopping).toBeLessThan(5000);
+  });
+
+  it('keeps its workers\' sockets in a directory of its own, and removes those of nodes killed outright', async () => {
+    // The pid of a process that has exited: its directory is stale.
+    const gone = spawnSync('true').pid!;
+    const stale = join(tmpdir(), `rl-node-${gone}`);
+    mkdirSync(stale, { recursive: true });
+    const node = await start();
+    expect(existsSync(stale)).toBe(false);
+    const own = join(tmpdir(), `rl-node-${node.child.pid}`);
+    expect(existsSync(join(own, 'peer-0.sock')) && existsSync(join(own, 'peer-1.sock'))).toBe(true);
+    expect(await node.stop()).toBe(0);
+    expect(existsSync(own)).toBe(false);
   });
 
   it('exits non-zero naming the variable when an environment value is bad', async () => {

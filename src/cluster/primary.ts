@@ -1,6 +1,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AggregatorRegistry } from 'prom-client';
@@ -54,7 +54,7 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
   }
   const localSecret = randomBytes(24).toString('hex');
   // The node's workers reach each other over unix sockets here (removed when the node exits).
-  const siblingSocketDir = mkdtempSync(join(tmpdir(), 'rl-node-'));
+  const siblingSocketDir = nodeSocketDir();
   process.on('exit', () => rmSync(siblingSocketDir, { recursive: true, force: true }));
   const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number }>();
   let stopping = false;
@@ -132,4 +132,30 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/**
+ * The node's private directory for its workers' unix sockets, named after the primary's
+ * pid. A node killed outright (SIGKILL) cannot remove its own, so those of primaries no
+ * longer running are removed here.
+ */
+function nodeSocketDir(): string {
+  const base = tmpdir();
+  for (const name of readdirSync(base)) {
+    const pid = /^rl-node-(\d+)$/.exec(name)?.[1];
+    if (pid !== undefined && Number(pid) !== process.pid && !running(Number(pid))) rmSync(join(base, name), { recursive: true, force: true });
+  }
+  const dir = join(base, `rl-node-${process.pid}`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { mode: 0o700 });
+  return dir;
+}
+
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
