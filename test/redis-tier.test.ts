@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { BuiltNode } from '../src/worker.js';
 import { readStoredState, stateKey } from '../src/storage/redis/keys.js';
-import { FLUSH, FlushBatch } from '../src/storage/redis/scripts.js';
+import { FLUSH, FlushBatch, RedisScripts } from '../src/storage/redis/scripts.js';
 import { ManualClock, postJson, testNode } from './helpers/app.js';
 import { RedisServer } from './helpers/redis-server.js';
 
@@ -240,22 +240,26 @@ describe('one key per user: the window rules of the scripts', () => {
     return batch;
   };
 
-  async function openScripts() {
+  /** Runs `body` with the scripts on their own connection and a plain client, closing both afterwards. */
+  async function withScripts(body: (scripts: RedisScripts, client: ReturnType<typeof redis.client>) => Promise<void>) {
     const { RedisConnection } = await import('../src/storage/redis/connection.js');
-    const { RedisScripts } = await import('../src/storage/redis/scripts.js');
     const { createLogger } = await import('../src/observability/logger.js');
     const connection = new RedisConnection(
       { endpoint: redis.endpoint, topology: 'standalone', sentinelMaster: '', database: 0, password: '', poolSize: 1, connectTimeoutMs: 2000, commandTimeoutMs: 5000 },
       createLogger('silent'),
     );
     expect(await connection.start(5000)).toBe(true);
-    return { connection, scripts: new RedisScripts(connection, 60_000) };
+    const client = redis.client();
+    try {
+      await body(new RedisScripts(connection, 60_000), client);
+    } finally {
+      client.disconnect();
+      await connection.close();
+    }
   }
 
   it('adds deltas to their window, lets a newer window replace the stored one and ignores an ended one', async () => {
-    const { connection, scripts } = await openScripts();
-    const client = redis.client();
-    try {
+    await withScripts(async (scripts, client) => {
       await scripts.reconcile(flush('w', [{ kind: 'm', start: T0, delta: 3, full: -1 }, { kind: 'd', start: T0, delta: 3, full: -1 }]));
       await scripts.reconcile(flush('w', [{ kind: 'm', start: T0, delta: 2, full: -1 }]));
       expect(await readStoredState(client, 'w')).toMatchObject({ minuteStart: T0, minuteCount: 5, dayStart: T0, dayCount: 3 });
@@ -271,17 +275,12 @@ describe('one key per user: the window rules of the scripts', () => {
       expect(surprises.size).toBe(0);
       // load answers the counts of the windows asked for, 0 for others.
       expect(await scripts.load('w', limits, T0 + 2 * MINUTE)).toMatchObject({ minuteCount: 0, dayCount: 9 });
-    } finally {
-      client.disconnect();
-      await connection.close();
-    }
+    });
   });
 
   it('one call writes many users, each to its own key, whatever its id holds', async () => {
-    const { connection, scripts } = await openScripts();
-    const client = redis.client();
-    const ids = ['plain', 'br{ace}', '~tilde', 'new\nline', 'ünï', 'x'.repeat(200)];
-    try {
+    await withScripts(async (scripts, client) => {
+      const ids = ['plain', 'br{ace}', '~tilde', 'new\nline', 'ünï', 'x'.repeat(200)];
       const batch = new FlushBatch(ids.length);
       ids.forEach((id, i) => {
         const at = batch.add(id);
@@ -294,24 +293,19 @@ describe('one key per user: the window rules of the scripts', () => {
       for (const [i, id] of ids.entries()) expect(await readStoredState(client, id)).toMatchObject({ minuteStart: T0, minuteCount: i + 1 });
       expect(stateKey('new\nline')).not.toContain('\n');
       expect(await client.dbsize()).toBe(ids.length);
-    } finally {
-      client.disconnect();
-      await connection.close();
-    }
+    });
   });
 
   it('a key always outlives its windows and its bucket by the slack, and keeps its expiry when nothing ends later', async () => {
-    const { connection, scripts } = await openScripts();
-    const client = redis.client();
-    const SLACK = 60_000;
-    const user = (perMs: number, debt: number, at: number, day: number, version: number) => {
-      const batch = new FlushBatch(1);
-      const i = batch.add('ttl');
-      batch.values.set([1, debt, at, version, 0, 0, perMs, day, -1, MINUTE, 60 * MINUTE, DAY], i);
-      for (const [k, start] of [at - (at % MINUTE), at - (at % (60 * MINUTE)), day].entries()) batch.values.set([1, start, 1, -1], i + FLUSH.windows + 4 * k);
-      return batch;
-    };
-    try {
+    await withScripts(async (scripts, client) => {
+      const SLACK = 60_000;
+      const user = (perMs: number, debt: number, at: number, day: number, version: number) => {
+        const batch = new FlushBatch(1);
+        const i = batch.add('ttl');
+        batch.values.set([1, debt, at, version, 0, 0, perMs, day, -1, MINUTE, 60 * MINUTE, DAY], i);
+        for (const [k, start] of [at - (at % MINUTE), at - (at % (60 * MINUTE)), day].entries()) batch.values.set([1, start, 1, -1], i + FLUSH.windows + 4 * k);
+        return batch;
+      };
       await scripts.reconcile(user(0.01, 5, T0, T0, -1));
       expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + DAY + SLACK);
       // Set apart by hand: a later flush whose windows end no later leaves it as it is.
@@ -330,22 +324,14 @@ describe('one key per user: the window rules of the scripts', () => {
       await scripts.decide('ttl', limits, 1, T0 + 2 * DAY + MINUTE);
       expect(await client.pexpiretime(stateKey('ttl'))).toBe(T0 + 3 * DAY + SLACK);
       expect(await readStoredState(client, 'ttl')).toMatchObject({ dayStart: T0 + 2 * DAY, dayCount: 1 });
-    } finally {
-      client.disconnect();
-      await connection.close();
-    }
+    });
   });
 
   it('a Redis decision made with a clock behind the stored windows charges the newer window, losing no count', async () => {
-    const { connection, scripts } = await openScripts();
-    const client = redis.client();
-    try {
+    await withScripts(async (scripts, client) => {
       for (let i = 0; i < 3; i++) await scripts.decide('skew', limits, 1, T0 + MINUTE + 5);
       await scripts.decide('skew', limits, 1, T0 + MINUTE - 5);
       expect(await readStoredState(client, 'skew')).toMatchObject({ minuteStart: T0 + MINUTE, minuteCount: 4, dayCount: 4 });
-    } finally {
-      client.disconnect();
-      await connection.close();
-    }
+    });
   });
 });

@@ -2,7 +2,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Shard } from '../node/shard.js';
 import { PeerClient } from './peer-client.js';
-import { Ring, type Member, type RingOptions } from './ring.js';
+import { Ring, workerIndexOf, type Member, type RingOptions } from './ring.js';
 
 export type Route =
   | { kind: 'self' }
@@ -95,7 +95,7 @@ export class ClusterView {
     const sibling = options.siblingSocket !== undefined && member.nodeId === options.self.nodeId;
     return new PeerClient({
       memberId: member.id,
-      address: sibling ? `unix:${options.siblingSocket!(Number(member.id.slice(member.id.lastIndexOf('/') + 1)))}` : member.address,
+      address: sibling ? `unix:${options.siblingSocket!(workerIndexOf(member.id))}` : member.address,
       selfId: options.self.id,
       secret: options.secret,
       deadlineMs: options.deadlineMs,

@@ -1,7 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import type { CheckOutcome } from '../node/decider.js';
+import { doublesOf } from '../util/doubles.js';
 import {
-  CHANNEL_OPTIONS, RESULT_STRIDE, SECRET_HEADER, decodeResult, peerService, resultValues,
+  CHANNEL_OPTIONS, RESULT_STRIDE, SECRET_HEADER, decodeResult, peerService,
   type PeerDecideRequest, type PeerHealthResponse, type WireBatch, type WireResults,
 } from './peer-protocol.js';
 
@@ -124,7 +125,7 @@ export class PeerClient {
     this.inFlight.delete(answer.id);
     clearTimeout(batch.timer);
     const { waiters } = batch;
-    const values = resultValues(answer.values);
+    const values = doublesOf(answer.values);
     const { tiers, errors } = answer;
     if (values.length !== waiters.length * RESULT_STRIDE || tiers.length !== waiters.length || (errors.length > 0 && errors.length !== waiters.length)) {
       const err = new Error(`peer ${this.options.memberId} answered ${tiers.length} results for ${waiters.length} checks`);

@@ -1,4 +1,3 @@
-import { endianness } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -6,6 +5,7 @@ import type { CheckOutcome, StateSource } from '../node/decider.js';
 import { DECISION_CODES, type Decision, type LimitStatus } from '../node/engine.js';
 import { LIMIT_NAMES, type LimitName } from '../node/limits.js';
 import type { DecisionPath } from '../observability/metrics.js';
+import { littleEndianBytes } from '../util/doubles.js';
 import { projectRoot } from '../util/paths.js';
 
 /** One forwarded check, as the sender queues it. */
@@ -70,7 +70,6 @@ export const RESULT_STRIDE = 20;
 const LIMITED_BY: Array<LimitName | null> = [null, ...LIMIT_NAMES];
 const PATHS: DecisionPath[] = ['local', 'forwarded', 'redis', 'fallback'];
 const STATES: Array<StateSource | undefined> = [undefined, 'memory', 'loaded', 'refreshed', 'fresh'];
-const LITTLE_ENDIAN = endianness() === 'LE';
 
 /** Packs the owner's answers to a batch. */
 export function encodeResults(id: number, answers: PeerAnswer[]): WireResults {
@@ -100,18 +99,7 @@ export function encodeResults(id: number, answers: PeerAnswer[]): WireResults {
     values[at + RESULT.state] = STATES.indexOf(answer.state);
     tiers[i] = answer.tier;
   });
-  const bytes = Buffer.from(values.buffer, values.byteOffset, values.byteLength);
-  return { id, values: LITTLE_ENDIAN ? bytes : Buffer.from(bytes).swap64(), tiers, errors };
-}
-
-/**
- * The doubles of an answer, whatever the alignment protobuf left them at (a Float64Array
- * view needs an offset that is a multiple of 8).
- */
-export function resultValues(values: Buffer): Float64Array {
-  const own = LITTLE_ENDIAN && values.byteOffset % 8 === 0 ? values : Buffer.from(values);
-  if (!LITTLE_ENDIAN) own.swap64();
-  return new Float64Array(own.buffer, own.byteOffset, own.byteLength / 8);
+  return { id, values: littleEndianBytes(values), tiers, errors };
 }
 
 /** Check `i` of an answer as a local outcome (the receiving worker marks it forwarded). */

@@ -9,6 +9,11 @@ export interface Member {
   address: string;
 }
 
+/** The worker index in a member id `<nodeId>/<workerIndex>`. */
+export function workerIndexOf(memberId: string): number {
+  return Number(memberId.slice(memberId.lastIndexOf('/') + 1));
+}
+
 export interface RingOptions {
   /** Virtual nodes per member (each placed `replicas` = 4 times by ketama): more = more even. */
   vnodes: number;

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { endianness } from 'node:os';
 import type { Decision, DecisionCode } from '../../node/engine.js';
 import type { EffectiveLimits, LimitName } from '../../node/limits.js';
 import type { RedisClient, RedisConnection } from './connection.js';
+import { littleEndianBytes } from '../../util/doubles.js';
 import { stateKey, windowStart } from './keys.js';
 
 /**
@@ -53,8 +53,6 @@ export const FLUSH_WINDOW = { sent: 0, start: 1, delta: 2, full: 3 } as const;
 /** Doubles per user record (reconcile.lua reads the same layout). */
 export const FLUSH_STRIDE = 24;
 
-const LITTLE_ENDIAN = endianness() === 'LE';
-
 /**
  * Users' changes packed exactly as the reconcile script reads them (doubles, which
  * `struct.unpack` reads far more cheaply than numbers in text). The reconciler keeps the
@@ -91,8 +89,7 @@ export class FlushBatch {
 
   /** Users `from` to `to` (exclusive) as the bytes the script reads, little-endian. */
   bytes(from: number, to: number): Buffer {
-    const view = Buffer.from(this.values.buffer, this.values.byteOffset + from * FLUSH_STRIDE * 8, (to - from) * FLUSH_STRIDE * 8);
-    return LITTLE_ENDIAN ? view : Buffer.from(view).swap64();
+    return littleEndianBytes(this.values, from * FLUSH_STRIDE, to * FLUSH_STRIDE);
   }
 }
 
