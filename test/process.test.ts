@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -61,7 +61,7 @@ describe('the node process (npm start)', () => {
     expect(Date.now() - stopping).toBeLessThan(5000);
   });
 
-  it('keeps its workers\' sockets in a directory of its own, and removes those of nodes killed outright', async () => {
+  it('keeps its unix sockets (workers, embedded database) in a directory of its own, and removes those of nodes killed outright', async () => {
     // The pid of a process that has exited: its directory is stale.
     const gone = spawnSync('true').pid!;
     const stale = join(tmpdir(), `rl-node-${gone}`);
@@ -70,6 +70,10 @@ describe('the node process (npm start)', () => {
     expect(existsSync(stale)).toBe(false);
     const own = join(tmpdir(), `rl-node-${node.child.pid}`);
     expect(existsSync(join(own, 'peer-0.sock')) && existsSync(join(own, 'peer-1.sock'))).toBe(true);
+    // The embedded database is served from the same directory (it comes up in the background).
+    const served = (): boolean => existsSync(join(own, 'pglite')) && readdirSync(join(own, 'pglite')).some((f) => f.startsWith('.s.PGSQL'));
+    for (let i = 0; i < 100 && !served(); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(served()).toBe(true);
     expect(await node.stop()).toBe(0);
     expect(existsSync(own)).toBe(false);
   });

@@ -35,7 +35,11 @@ const SHUTDOWN_WAIT_MS = 25_000;
  */
 export async function runPrimary(config: Config, logger: Logger, nodeId: string): Promise<void> {
   const log = logger.child({ component: 'primary' });
-  const database = startPrimaryDatabase(config, nodeId, logger, (message) => {
+  // The node's private directory: its workers' unix sockets (to each other and to the
+  // embedded database); removed when the node exits.
+  const nodeDir = nodeSocketDir();
+  process.on('exit', () => rmSync(nodeDir, { recursive: true, force: true }));
+  const database = startPrimaryDatabase(config, nodeId, nodeDir, logger, (message) => {
     log.fatal(message);
     // The workers leave when the IPC channel closes.
     process.exit(3);
@@ -53,14 +57,11 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
     });
   }
   const localSecret = randomBytes(24).toString('hex');
-  // The node's workers reach each other over unix sockets here (removed when the node exits).
-  const siblingSocketDir = nodeSocketDir();
-  process.on('exit', () => rmSync(siblingSocketDir, { recursive: true, force: true }));
   const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number }>();
   let stopping = false;
 
   const fork = (index: number, backoff = RESTART_MIN_MS): void => {
-    const env: Record<string, string> = { [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret, [SIBLING_SOCKET_ENV]: siblingSocketDir };
+    const env: Record<string, string> = { [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret, [SIBLING_SOCKET_ENV]: nodeDir };
     if (database.socketDir !== null) env[PGLITE_SOCKET_ENV] = database.socketDir;
     const worker = cluster.fork(env);
     byIndex.set(index, { worker, startedAt: Date.now(), backoff });
@@ -135,8 +136,7 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
 }
 
 /**
- * The node's private directory for its workers' unix sockets, named after the primary's
- * pid. A node killed outright (SIGKILL) cannot remove its own, so those of primaries no
+ * The node's private directory for its unix sockets, named after the primary's pid. A node killed outright (SIGKILL) cannot remove its own, so those of primaries no
  * longer running are removed here.
  */
 function nodeSocketDir(): string {

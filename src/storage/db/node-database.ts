@@ -1,5 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Config } from '../../config/types.js';
 import type { Logger } from '../../observability/logger.js';
@@ -52,8 +51,11 @@ export interface PrimaryDatabase {
  * The primary's part. Returns at once: the database comes up in the background while the
  * workers already serve checks (users unknown, keys unverifiable, until it answers). A
  * schema newer than this code stops the node: `onFatal` is called with the reason.
+ * The embedded database is served on a unix socket in `<nodeDir>/pglite`, inside the
+ * node's private directory (so a node killed outright leaves nothing the next start does
+ * not remove).
  */
-export function startPrimaryDatabase(config: Config, nodeId: string, logger: Logger, onFatal: (message: string) => void): PrimaryDatabase {
+export function startPrimaryDatabase(config: Config, nodeId: string, nodeDir: string, logger: Logger, onFatal: (message: string) => void): PrimaryDatabase {
   const log = logger.child({ component: 'database' });
   const settings = postgresSettings(config);
   let closing = false;
@@ -91,7 +93,7 @@ export function startPrimaryDatabase(config: Config, nodeId: string, logger: Log
   }
 
   const dataDir = config.database.pglite_dir === 'memory' ? 'memory' : resolve(config.database.pglite_dir || join('data', 'pglite', nodeId));
-  const socketDir = mkdtempSync(join(tmpdir(), 'rl-pglite-'));
+  const socketDir = join(nodeDir, 'pglite');
   const ready = (async () => {
     if (dataDir !== 'memory') mkdirSync(dataDir, { recursive: true });
     const db = await openPglite(dataDir);
