@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { PeerClient } from '../src/cluster/peer-client.js';
 import type { CheckOutcome } from '../src/node/decider.js';
-import type { PeerAnswer, PeerDecideRequest } from '../src/cluster/peer-protocol.js';
+import * as grpc from '@grpc/grpc-js';
+import { SECRET_HEADER, peerService, type PeerAnswer, type PeerDecideRequest, type WireBatch, type WireResults } from '../src/cluster/peer-protocol.js';
 import { startPeerServer, type PeerServer } from '../src/cluster/peer-server.js';
 import { createLogger } from '../src/observability/logger.js';
 import { freePort } from './helpers/ports.js';
@@ -111,6 +112,28 @@ describe('peer transport (gRPC, batched)', () => {
     const started = Date.now();
     await expect(c3.decide({ user_id: 'a', tier: '', cost: 1 })).rejects.toThrow(/deadline/i);
     expect(Date.now() - started).toBeLessThan(900);
+  });
+
+  it('answers a malformed batch (lists of different lengths, no user) with an error per check, deciding nothing', async () => {
+    const { port, batches } = await server(async (requests) => requests.map(result));
+    const Service = peerService();
+    const raw = new Service(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as { Decide(m: grpc.Metadata): grpc.ClientDuplexStream<WireBatch, WireResults>; close(): void };
+    const metadata = new grpc.Metadata();
+    metadata.set(SECRET_HEADER, SECRET);
+    const stream = raw.Decide(metadata);
+    const answers: WireResults[] = [];
+    stream.on('data', (a: WireResults) => answers.push(a));
+    stream.write({ id: 1, from: 'x/0', user_ids: ['a', 'b'], tiers: [''], costs: [1, 1] });
+    stream.write({ id: 2, from: 'x/0', user_ids: ['a', ''], tiers: ['', ''], costs: [1, 1] });
+    stream.write({ id: 3, from: 'x/0', user_ids: ['a'], tiers: [''], costs: [2] });
+    for (let i = 0; i < 50 && answers.length < 3; i++) await new Promise((r) => setTimeout(r, 20));
+    stream.end();
+    raw.close();
+    expect(answers.map((a) => a.id)).toEqual([1, 2, 3]);
+    expect(answers[0]!.errors).toEqual(Array(2).fill('malformed batch: 2 user_ids, 1 tiers and 2 costs (one of each per check)'));
+    expect(answers[1]!.errors).toEqual(Array(2).fill('malformed batch: a check without a user_id'));
+    expect(answers[2]).toMatchObject({ errors: [], tiers: ['basic'] });
+    expect(batches).toEqual([1]);
   });
 
   it('refuses calls without the cluster secret', async () => {

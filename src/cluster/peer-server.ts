@@ -29,6 +29,19 @@ function authorized(metadata: grpc.Metadata, expected: Buffer): boolean {
 }
 
 /**
+ * Why a batch cannot be decided, or null: its lists must be of one length (entry i of each
+ * is check i) and name a user each. A peer running other code could send anything.
+ */
+export function malformed(batch: WireBatch): string | null {
+  const n = batch.user_ids.length;
+  if (batch.tiers.length !== n || batch.costs.length !== n) {
+    return `malformed batch: ${n} user_ids, ${batch.tiers.length} tiers and ${batch.costs.length} costs (one of each per check)`;
+  }
+  if (batch.user_ids.some((id) => id === '')) return 'malformed batch: a check without a user_id';
+  return null;
+}
+
+/**
  * A worker's peer gRPC server. Binds `host:port`; with `fallbackToFreePort` a taken port
  * is replaced by one the OS picks (the registry advertises the real one). With `unixPath`
  * it also serves on that socket, which the node's other workers use instead of TCP.
@@ -57,6 +70,12 @@ export async function startPeerServer(options: {
         call.write(encodeResults(batch.id, batch.user_ids.map(() => err)));
       };
       call.on('data', (batch: WireBatch) => {
+        const problem = malformed(batch);
+        if (problem !== null) {
+          options.logger.warn({ from: batch.from, checks: batch.user_ids.length }, problem);
+          call.write(encodeResults(batch.id, batch.user_ids.map(() => new Error(problem))));
+          return;
+        }
         let answers: PeerAnswer[] | Promise<PeerAnswer[]>;
         try {
           answers = options.handler.decideBatch(batch.from, batch);

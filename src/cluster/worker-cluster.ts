@@ -128,7 +128,7 @@ export class WorkerCluster {
           for (let i = 0; i < n; i++) {
             const tier = checks.tiers[i];
             try {
-              const outcome = d.decideForPeer({ userId: checks.user_ids[i]!, tier: tier === '' ? undefined : tier, cost: checks.costs[i] ?? 1 });
+              const outcome = d.decideForPeer({ userId: checks.user_ids[i]!, tier: tier === '' ? undefined : tier, cost: checks.costs[i]! });
               if (outcome instanceof Promise) {
                 waiting = true;
                 answers[i] = outcome.catch((err: unknown) => asError(err));
