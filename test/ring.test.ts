@@ -18,6 +18,22 @@ describe('the ring', () => {
     }
   });
 
+  it('remembers owners in bounded generations without changing any answer', () => {
+    const small = new Ring(members, { vnodes: DEFAULT_RING_OPTIONS.vnodes, cacheSize: 7 });
+    const large = new Ring(members, DEFAULT_RING_OPTIONS);
+    // Repeats, interleaved, so users are found in the recent and the older generation and
+    // looked up afresh after both have turned over.
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 500; i++) {
+        const user = `u${(i * 7 + round) % 40}-${i % 3 === 0 ? i : 0}`;
+        expect(small.ownerOf(user).id, user).toBe(large.ownerOf(user).id);
+      }
+    }
+    const generations = small as unknown as { recent: Map<string, unknown>; older: Map<string, unknown> };
+    expect(generations.recent.size).toBeLessThanOrEqual(7);
+    expect(generations.older.size).toBeLessThanOrEqual(7);
+  });
+
   it('is the same on every member, whatever order members are listed in', () => {
     const a = new Ring(members);
     const b = new Ring([...members].reverse());

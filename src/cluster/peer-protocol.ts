@@ -56,6 +56,9 @@ export function peerService(): grpc.ServiceClientConstructor {
 /** Channel options shared by clients and servers (grpc.io performance advice). */
 export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.enable_channelz': 0,
+  // No transparent retries: a batch that fails is decided in Redis instead (and a retrying
+  // call keeps every message of the stream in a replay buffer until it commits).
+  'grpc.enable_retries': 0,
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
   'grpc.keepalive_permit_without_calls': 1,

@@ -96,7 +96,7 @@ export class WorkerCluster {
       batchWaitUs: config.cluster.batch_wait_us,
       healthIntervalMs: config.cluster.health_interval_ms,
       ...(options.siblingSocketDir !== undefined ? { siblingSocket: (index: number) => siblingSocketPath(options.siblingSocketDir!, index) } : {}),
-      ring: { vnodes: config.cluster.vnodes, cacheSize: Math.min(config.limiter.max_users_in_memory, 1_000_000) },
+      ring: { vnodes: config.cluster.vnodes, cacheSize: Math.ceil(Math.min(config.limiter.max_users_in_memory, 1_000_000) / 2) },
       shard: options.shard,
       metrics: options.metrics,
       logger: options.logger.child({ component: 'cluster' }),
