@@ -20,6 +20,7 @@ import { UserDirectory } from './accounts/user-directory.js';
 import { UserLimits } from './accounts/user-limits.js';
 import { InProcessInvalidationBus, type InvalidationBus } from './accounts/invalidation.js';
 import { IpcInvalidationBus, RedisInvalidationBus } from './accounts/invalidation-transports.js';
+import { AuditChangeFeed } from './accounts/change-feed.js';
 import { UsageHistory } from './analytics/usage-history.js';
 
 export interface BuiltNode {
@@ -78,6 +79,9 @@ export function redisSettings(config: Config): RedisSettings {
     commandTimeoutMs: Math.max(1, Math.round(Math.min(redis.command_timeout, service.decision_timeout) * 1000)),
   };
 }
+
+/** How long cached users and keys (and the absence of users) are trusted without a change event. */
+const CACHE_BACKSTOP_MS = 300_000;
 
 /** Longest a graceful shutdown waits for Redis to take the last changes. */
 const SHUTDOWN_FLUSH_MS = 10_000;
@@ -154,6 +158,7 @@ export async function buildNode(
   // Accounts: who a user is (stored tier and overrides, disabled) and which API keys are good.
   const database = options.database ?? null;
   let accounts: { db: Database; keys: KeyResolver; directory: UserDirectory; invalidation: InvalidationBus } | null = null;
+  let feed: AuditChangeFeed | null = null;
   if (database !== null) {
     let invalidation: InvalidationBus;
     if (redis !== null) {
@@ -164,10 +169,21 @@ export async function buildNode(
       invalidation = options.cluster ? new IpcInvalidationBus() : new InProcessInvalidationBus();
     }
     const accountsLogger = workerLogger.child({ component: 'accounts' });
-    const keys = new KeyResolver({ store: new ApiKeysRepository(database, clock), clock, logger: accountsLogger });
-    const directory = new UserDirectory({ store: new UsersRepository(database, clock), clock, logger: accountsLogger });
+    // Admin changes arrive as events (below), so the caches' own reloads are only a backstop
+    // for changes made around the admin API: every 5 minutes of use, not every 30-60 s.
+    const keys = new KeyResolver({ store: new ApiKeysRepository(database, clock), clock, logger: accountsLogger, refreshAfterMs: CACHE_BACKSTOP_MS });
+    const directory = new UserDirectory({
+      store: new UsersRepository(database, clock), clock, logger: accountsLogger, refreshAfterMs: CACHE_BACKSTOP_MS, unknownTtlMs: CACHE_BACKSTOP_MS,
+    });
     keys.listen(invalidation);
     directory.listen(invalidation);
+    // The audit log read back (change-feed.ts): every admin change reaches this worker's
+    // caches within about a second, also when a pub/sub message was lost or there is no Redis.
+    const changes = new InProcessInvalidationBus();
+    keys.listen(changes);
+    directory.listen(changes);
+    feed = new AuditChangeFeed({ db: database, deliver: (event) => changes.deliver(event), clock: Date.now, logger: accountsLogger });
+    feed.start();
     keys.startFlushing(LAST_USED_FLUSH_MS);
     accounts = { db: database, keys, directory, invalidation };
   }
@@ -300,6 +316,7 @@ export async function buildNode(
         const flushed = await reconciler.flushAll(SHUTDOWN_FLUSH_MS);
         if (!flushed) workerLogger.error({ pending_users: shard.dirty.size }, 'shutdown: some changes could not be written to redis');
       }
+      feed?.stop();
       await accounts?.keys.stop();
       await usage?.stop();
       await database?.close();

@@ -3,18 +3,24 @@ import { startNodeProcess, type NodeProcess } from './helpers/node-process.js';
 import { RedisServer } from './helpers/redis-server.js';
 import { throwawayPostgresEnv } from './helpers/databases.js';
 
-/** Two nodes sharing PostgreSQL and Redis: admin changes on one reach the other's caches. */
-describe('accounts across nodes', () => {
-  let redis: RedisServer;
+/**
+ * Two nodes sharing PostgreSQL: admin changes on one reach the other's caches, through
+ * Redis pub/sub and the audit log (change-feed.ts), or through the audit log alone.
+ */
+describe.each([
+  { name: 'with Redis', redis: true },
+  { name: 'without Redis (the audit log alone)', redis: false },
+])('accounts across nodes, $name', ({ redis: withRedis }) => {
+  let redis: RedisServer | undefined;
   let database: Awaited<ReturnType<typeof throwawayPostgresEnv>>;
   let a: NodeProcess;
   let b: NodeProcess;
   const admin = { authorization: 'Bearer cross-node', 'content-type': 'application/json' };
 
   beforeAll(async () => {
-    redis = await RedisServer.start();
+    if (withRedis) redis = await RedisServer.start();
     database = await throwawayPostgresEnv();
-    const env = { ...database.env, REDIS_ENDPOINT: redis.endpoint, ADMIN_TOKEN: 'cross-node', LOG_LEVEL: 'warn' };
+    const env = { ...database.env, ...(redis ? { REDIS_ENDPOINT: redis.endpoint } : {}), ADMIN_TOKEN: 'cross-node', LOG_LEVEL: 'warn' };
     [a, b] = await Promise.all([startNodeProcess({ ...env, NODE_ID: 'acc-a' }), startNodeProcess({ ...env, NODE_ID: 'acc-b' })]);
   }, 60_000);
   afterAll(async () => {
