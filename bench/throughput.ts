@@ -85,9 +85,9 @@ function targets(redis: RedisProcess): TargetSpec[] {
     // Compared with the same node without Redis. Usage analytics is off on both sides: each
     // node's usage writes (about half a second of PGlite CPU a minute for 10 000 users)
     // would otherwise land in one side's window or the other's, round by round. Its
-    // windows are as long as its reference's: what a node does once a minute (re-reading
-    // the users it does not store) falls in every 60 s window but only in some 10 s ones,
-    // and would flatter the shorter side.
+    // windows are as long as its reference's: what a node does at intervals (re-reading
+    // the users it does not store) must fall in both sides' windows alike, or it would
+    // flatter the shorter side.
     {
       name: LOCAL_REDIS,
       start: node(LOCAL_REDIS, { REDIS_ENDPOINT: redis.endpoint, USAGE_ANALYTICS_ENABLED: 'false' }),
