@@ -48,4 +48,40 @@ describe('RefreshingCache', () => {
     await new Promise((r) => setImmediate(r));
     expect(loads).toEqual(['a', 'a']);
   });
+
+  it('drops the entries a secondary key names, and keeps its index no larger than the cache', async () => {
+    const clock = { ms: 1_000_000 };
+    let version = 1;
+    const owners: Record<string, string> = { k1: 'alice', k2: 'alice', k3: 'bob', k4: 'bob', k5: 'carol' };
+    const c = new RefreshingCache<{ id: string; owner: string; version: number }>({
+      load: async (id) => ({ id, owner: owners[id]!, version }),
+      clock: () => clock.ms,
+      maxEntries: 3,
+      maxMissing: 10,
+      refreshAfterMs: 60_000,
+      missingTtlMs: 5_000,
+      retryAfterMs: 1_000,
+      indexBy: (v) => [`owner:${v.owner}`, `id:${v.id}`],
+    });
+    for (const id of ['k1', 'k2', 'k3']) await c.get(id);
+    expect(c.size).toEqual({ found: 3, missing: 0, indexed: 5 });
+    c.deleteIndexed('owner:alice');
+    expect([c.getFound('k1'), c.getFound('k2'), c.getFound('k3')?.id]).toEqual([undefined, undefined, 'k3']);
+    expect(c.size).toEqual({ found: 1, missing: 0, indexed: 2 });
+    // Evicted and replaced entries leave the index as well.
+    for (const id of ['k4', 'k5', 'k1', 'k2']) await c.get(id);
+    expect(c.getFound('k3')).toBeUndefined();
+    expect(c.size).toEqual({ found: 3, missing: 0, indexed: 5 });
+    version = 2;
+    clock.ms += 60_000;
+    c.getFound('k5');
+    await new Promise((r) => setImmediate(r));
+    expect(c.getFound('k5')?.version).toBe(2);
+    expect(c.size.indexed).toBe(5);
+    c.deleteIndexed('id:k5');
+    c.deleteIndexed('owner:nobody');
+    expect(c.size).toEqual({ found: 2, missing: 0, indexed: 3 });
+    c.clear();
+    expect(c.size).toEqual({ found: 0, missing: 0, indexed: 0 });
+  });
 });

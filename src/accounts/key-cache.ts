@@ -115,6 +115,8 @@ export class KeyResolver {
       missingTtlMs: options.unknownTtlMs ?? 5_000,
       retryAfterMs: 1_000,
       onLoadError: (_hash, err) => this.logger?.warn({ err: (err as Error).message }, 'API key lookup failed'),
+      // Invalidations name a key by its id, or a user: found through this index, not a scan.
+      indexBy: (key) => [`key:${key.lookup.keyId}`, `user:${key.lookup.userId}`],
     });
   }
 
@@ -133,12 +135,12 @@ export class KeyResolver {
   /** Drops what is cached about a key, by its hash or its id. */
   invalidate(keyHashOrId: string): void {
     this.cache.delete(keyHashOrId);
-    this.cache.deleteWhere((_hash, key) => key.lookup.keyId === keyHashOrId);
+    this.cache.deleteIndexed(`key:${keyHashOrId}`);
   }
 
   /** Drops every cached key of a user (the user was deleted or changed). */
   invalidateUser(userId: string): void {
-    this.cache.deleteWhere((_hash, key) => key.lookup.userId === userId);
+    this.cache.deleteIndexed(`user:${userId}`);
   }
 
   /** Follows `bus`: key events drop the key, user events the user's keys. Returns the unsubscribe function. */
@@ -176,7 +178,7 @@ export class KeyResolver {
     return this.lastUsed.size;
   }
 
-  get cacheSize(): { found: number; missing: number } {
+  get cacheSize(): { found: number; missing: number; indexed: number } {
     return this.cache.size;
   }
 

@@ -12,9 +12,11 @@
  *   request path; an invalidation ends the entry at once.
  * - Everything else waits for one load per id (concurrent callers share it); a load that
  *   fails answers `unavailable` and caches nothing.
- * - `delete` drops an entry at once (invalidation). A load that was already running when
- *   something was deleted answers its callers but is not cached, so a revocation racing a
- *   lookup cannot put the old state back.
+ * - `delete` drops an entry at once (invalidation); `deleteIndexed` drops the entries a
+ *   secondary key names (`indexBy`: e.g. every cached API key of a user), through an index
+ *   kept with the cache, so an invalidation costs the entries it drops, not a scan of the
+ *   cache. A load that was already running when something was deleted answers its callers
+ *   but is not cached, so a revocation racing a lookup cannot put the old state back.
  *
  * Trade-off: without invalidation, a change reaches this cache within about
  * `refreshAfterMs` of use; with it, on the next request.
@@ -37,6 +39,8 @@ export interface RefreshingCacheOptions<V> {
   missingTtlMs: number;
   /** Wait before trying again after a background reload failed. */
   retryAfterMs: number;
+  /** Secondary keys of a found value, for `deleteIndexed`. */
+  indexBy?: (value: V) => readonly string[];
   onLoadError?: (id: string, err: unknown) => void;
 }
 
@@ -64,9 +68,16 @@ export class RefreshingCache<V extends object> {
   private readonly loading = new Map<string, Promise<CacheLookup<V>>>();
   /** Bumped by every deletion; loads started under an older generation are not cached. */
   private generation = 0;
+  /** Secondary key → ids of the found entries it names (`indexBy`), kept as entries come and go. */
+  private readonly index = new Map<string, Set<string>>();
 
   constructor(private readonly options: RefreshingCacheOptions<V>) {
-    this.found = new LRUCache({ max: options.maxEntries });
+    const { indexBy } = options;
+    this.found = new LRUCache<string, FoundEntry<V>>({
+      max: options.maxEntries,
+      // Every way out of the cache (evicted, replaced, deleted, cleared) leaves the index too.
+      ...(indexBy ? { dispose: (entry: FoundEntry<V>, id: string) => this.unindex(id, indexBy(entry.lookup.value)) } : {}),
+    });
     this.missing = new LRUCache({ max: options.maxMissing });
   }
 
@@ -114,12 +125,12 @@ export class RefreshingCache<V extends object> {
     this.missing.delete(id);
   }
 
-  /** Drops every found entry `matches` selects (a scan: for rare events such as deleting a user). */
-  deleteWhere(matches: (id: string, value: V) => boolean): void {
+  /** Drops every found entry whose value has `secondaryKey` among its `indexBy` keys. */
+  deleteIndexed(secondaryKey: string): void {
     this.generation++;
-    const doomed: string[] = [];
-    for (const [id, entry] of this.found.entries()) if (matches(id, entry.lookup.value)) doomed.push(id);
-    for (const id of doomed) this.found.delete(id);
+    const ids = this.index.get(secondaryKey);
+    if (ids === undefined) return;
+    for (const id of [...ids]) this.found.delete(id);
   }
 
   clear(): void {
@@ -128,8 +139,28 @@ export class RefreshingCache<V extends object> {
     this.missing.clear();
   }
 
-  get size(): { found: number; missing: number } {
-    return { found: this.found.size, missing: this.missing.size };
+  /** Entries held, and secondary keys indexed (bounded by the found entries' keys). */
+  get size(): { found: number; missing: number; indexed: number } {
+    return { found: this.found.size, missing: this.missing.size, indexed: this.index.size };
+  }
+
+  private unindex(id: string, keys: readonly string[]): void {
+    for (const key of keys) {
+      const ids = this.index.get(key);
+      if (ids === undefined) continue;
+      ids.delete(id);
+      if (ids.size === 0) this.index.delete(key);
+    }
+  }
+
+  private store(id: string, entry: FoundEntry<V>): void {
+    this.found.set(id, entry);
+    const keys = this.options.indexBy?.(entry.lookup.value) ?? [];
+    for (const key of keys) {
+      let ids = this.index.get(key);
+      if (ids === undefined) this.index.set(key, (ids = new Set()));
+      ids.add(id);
+    }
   }
 
   private refresh(id: string, entry: FoundEntry<V>, now: number): void {
@@ -157,7 +188,7 @@ export class RefreshingCache<V extends object> {
         const lookup = { state: 'found' as const, value };
         if (current) {
           this.missing.delete(id);
-          this.found.set(id, { lookup, refreshAt: now + this.options.refreshAfterMs, touchedAt: now });
+          this.store(id, { lookup, refreshAt: now + this.options.refreshAfterMs, touchedAt: now });
         }
         return lookup;
       },
