@@ -90,6 +90,18 @@ describe.each(DATABASE_BACKENDS)('account change feed on $name', (backend) => {
     await db.query(`SELECT setval(pg_get_serial_sequence('audit_log', 'id'), $1)`, [newest + 5]);
   });
 
+  it('reads a backlog in one poll, a batch at a time', async () => {
+    const { events, feed: f } = (() => {
+      const events: InvalidationEvent[] = [];
+      return { events, feed: new AuditChangeFeed({ db: reader, deliver: (e) => events.push(e), clock: () => now, batch: 100 }) };
+    })();
+    await f.poll();
+    await db.query(`INSERT INTO audit_log (actor, action, target) SELECT 'test', 'user.create', 'user:bulk-' || g FROM generate_series(1, 2500) AS g`);
+    expect(await f.poll()).toBe(2500);
+    expect(events.at(-1)).toEqual({ type: 'user', userId: 'bulk-2500' });
+    expect(await f.poll()).toBe(0);
+  });
+
   it('catches up on what changed while the database did not answer', async () => {
     const { events, feed: f } = feed();
     await f.poll();

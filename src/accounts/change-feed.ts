@@ -9,8 +9,10 @@
  * admin API (SQL by hand), so they can be rare.
  *
  * Ids are handed out before commit, so a row can become visible after a higher one has
- * been seen (two admin writes on different nodes at once). Rows are therefore re-read
- * until they are `settleMs` old to this reader, and each is delivered once.
+ * been read (two admin writes on different nodes at once). The ids skipped over are looked
+ * for again on every poll until they are `settleMs` old to this reader (a rolled-back
+ * write leaves its id unused for good). Each row is delivered once, and a backlog (a bulk
+ * import) is read in one poll, a batch at a time.
  */
 import type { Logger } from '../observability/logger.js';
 import type { Queryable } from '../storage/db/database.js';
@@ -25,7 +27,7 @@ export interface ChangeFeedOptions {
   logger?: Logger;
   /** Default 1 s. */
   intervalMs?: number;
-  /** How long a seen row keeps being re-read for late commits below it; default 10 s. */
+  /** How long an id skipped over is looked for (a write committing late); default 10 s. */
   settleMs?: number;
   /** Rows per poll; default 1000. */
   batch?: number;
@@ -43,10 +45,10 @@ export function eventOfAudit(action: string, target: string): InvalidationEvent 
 }
 
 export class AuditChangeFeed {
-  /** Rows up to this id are settled (or older than the feed). Null until the start is known. */
-  private floor: number | null = null;
-  /** Rows above the floor already delivered, with when they were first seen. */
-  private readonly seen = new Map<number, number>();
+  /** The highest id read (or the newest row when the feed started). Null until known. */
+  private last: number | null = null;
+  /** Ids skipped over (not committed yet when a higher one was read), with when each was noticed. */
+  private readonly gaps = new Map<number, number>();
   private timer: NodeJS.Timeout | null = null;
   private polling: Promise<number> | null = null;
   private failing = false;
@@ -74,34 +76,41 @@ export class AuditChangeFeed {
 
   private async pollOnce(): Promise<number> {
     const { db, clock } = this.options;
+    const batch = this.options.batch ?? 1000;
     try {
-      if (this.floor === null) {
+      if (this.last === null) {
         const newest = await db.query<{ id: unknown }>('SELECT coalesce(max(id), 0) AS id FROM audit_log');
-        this.floor = toInt(newest.rows[0]!.id);
+        this.last = toInt(newest.rows[0]!.id);
       }
-      const rows = await db.query<{ id: unknown; action: string; target: string }>(
-        'SELECT id, action, target FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2',
-        [this.floor, this.options.batch ?? 1000],
-      );
+      const now = clock();
+      let delivered = 0;
+      // Ids skipped earlier that have committed since.
+      if (this.gaps.size > 0) {
+        const late = await db.query<AuditRow>('SELECT id, action, target FROM audit_log WHERE id = ANY($1::bigint[]) ORDER BY id', [[...this.gaps.keys()]]);
+        for (const row of late.rows) {
+          this.gaps.delete(toInt(row.id));
+          delivered += this.deliver(row);
+        }
+      }
+      // New rows; a backlog (a bulk import) is read in full, a batch at a time.
+      for (let round = 0; round < MAX_BATCHES_PER_POLL; round++) {
+        const rows = await db.query<AuditRow>('SELECT id, action, target FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2', [this.last, batch]);
+        for (const row of rows.rows) {
+          const id = toInt(row.id);
+          // Ids between the last read and this one are taken by writes not committed yet
+          // (or rolled back): looked for again until they settle. A jump too large to be
+          // writes in flight is not tracked.
+          if (id - this.last <= MAX_GAP) for (let g = this.last + 1; g < id; g++) this.gaps.set(g, now);
+          this.last = id;
+          delivered += this.deliver(row);
+        }
+        if (rows.rows.length < batch) break;
+      }
+      const settleMs = this.options.settleMs ?? 10_000;
+      for (const [id, noticed] of this.gaps) if (now - noticed >= settleMs) this.gaps.delete(id);
       if (this.failing) this.options.logger?.info('account change feed reading again');
       this.failing = false;
       this.hasRead = true;
-      const now = clock();
-      let delivered = 0;
-      for (const row of rows.rows) {
-        const id = toInt(row.id);
-        if (this.seen.has(id)) continue;
-        this.seen.set(id, now);
-        const event = eventOfAudit(String(row.action), String(row.target));
-        if (event === null) continue;
-        delivered++;
-        try {
-          this.options.deliver(event);
-        } catch (err) {
-          this.options.logger?.warn({ err: (err as Error).message }, 'account change handler failed');
-        }
-      }
-      this.settle(now);
       return delivered;
     } catch (err) {
       // The database is away (or not up yet): nothing can change meanwhile; catch up when it answers.
@@ -111,13 +120,26 @@ export class AuditChangeFeed {
     }
   }
 
-  /** Raises the floor past rows seen longer ago than the settle time. */
-  private settle(now: number): void {
-    const settleMs = this.options.settleMs ?? 10_000;
-    let floor = this.floor!;
-    for (const [id, seenAt] of this.seen) if (now - seenAt >= settleMs && id > floor) floor = id;
-    if (floor === this.floor) return;
-    this.floor = floor;
-    for (const id of this.seen.keys()) if (id <= floor) this.seen.delete(id);
+  /** Hands a row's invalidation to the caches; 1 if there was one. */
+  private deliver(row: AuditRow): number {
+    const event = eventOfAudit(String(row.action), String(row.target));
+    if (event === null) return 0;
+    try {
+      this.options.deliver(event);
+    } catch (err) {
+      this.options.logger?.warn({ err: (err as Error).message }, 'account change handler failed');
+    }
+    return 1;
   }
 }
+
+interface AuditRow {
+  id: unknown;
+  action: string;
+  target: string;
+}
+
+/** Batches read in one poll at most (a backlog beyond waits for the next poll). */
+const MAX_BATCHES_PER_POLL = 50;
+/** Skipped ids tracked between two rows at most. */
+const MAX_GAP = 1000;
