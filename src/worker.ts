@@ -182,7 +182,13 @@ export async function buildNode(
     const changes = new InProcessInvalidationBus();
     keys.listen(changes);
     directory.listen(changes);
-    feed = new AuditChangeFeed({ db: database, deliver: (event) => changes.deliver(event), clock: Date.now, logger: accountsLogger });
+    feed = new AuditChangeFeed({
+      db: database, deliver: (event) => changes.deliver(event), clock: Date.now, logger: accountsLogger,
+      onPoll: (ok, delivered) => {
+        metrics.accountChangeFeedUp.set(ok ? 1 : 0);
+        metrics.accountChanges.inc(delivered);
+      },
+    });
     feed.start();
     keys.startFlushing(LAST_USED_FLUSH_MS);
     accounts = { db: database, keys, directory, invalidation };

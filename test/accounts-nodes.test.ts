@@ -64,5 +64,11 @@ describe.each([
     await fetch(`${a.url}/admin/users/upgrade`, { method: 'PATCH', headers: admin, body: JSON.stringify({ tier: 'enterprise' }) });
     const took = await timeUntil(async () => (await check(b, { user_id: 'upgrade' })).tier === 'enterprise');
     expect(took).toBeLessThan(2000);
+    // The other node also read the changes back from the audit log (within about a
+    // second, also where pub/sub was faster), counted in its metrics.
+    const changesRead = async (): Promise<number> =>
+      Number(/^rate_limiting_account_changes_total (\d+)$/m.exec(await (await fetch(`${b.url}/metrics`)).text())?.[1] ?? 0);
+    await timeUntil(async () => (await changesRead()) >= 4);
+    expect(await (await fetch(`${b.url}/metrics`)).text()).toMatch(/^rate_limiting_account_change_feed_up 1$/m);
   }, 30_000);
 });

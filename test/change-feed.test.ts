@@ -103,7 +103,9 @@ describe.each(DATABASE_BACKENDS)('account change feed on $name', (backend) => {
   });
 
   it('catches up on what changed while the database did not answer', async () => {
-    const { events, feed: f } = feed();
+    const events: InvalidationEvent[] = [];
+    const polls: Array<[boolean, number]> = [];
+    const f = new AuditChangeFeed({ db: reader, deliver: (e) => events.push(e), clock: () => now, onPoll: (ok, n) => polls.push([ok, n]) });
     await f.poll();
     down = true;
     expect(await f.poll()).toBe(0);
@@ -112,5 +114,6 @@ describe.each(DATABASE_BACKENDS)('account change feed on $name', (backend) => {
     down = false;
     expect(await f.poll()).toBe(1);
     expect(events).toEqual([{ type: 'user', userId: 'during' }]);
+    expect(polls).toEqual([[true, 0], [false, 0], [false, 0], [true, 1]]);
   });
 });

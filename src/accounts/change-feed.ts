@@ -31,6 +31,8 @@ export interface ChangeFeedOptions {
   settleMs?: number;
   /** Rows per poll; default 1000. */
   batch?: number;
+  /** After every poll: whether the audit log could be read, and how many changes were delivered. */
+  onPoll?: (ok: boolean, delivered: number) => void;
 }
 
 /** The cache invalidation an audit row calls for, or null (e.g. a key created: nothing cached yet). */
@@ -111,11 +113,13 @@ export class AuditChangeFeed {
       if (this.failing) this.options.logger?.info('account change feed reading again');
       this.failing = false;
       this.hasRead = true;
+      this.options.onPoll?.(true, delivered);
       return delivered;
     } catch (err) {
       // The database is away (or not up yet): nothing can change meanwhile; catch up when it answers.
       if (!this.failing && this.hasRead) this.options.logger?.warn({ err: (err as Error).message }, 'account change feed cannot read the audit log; retrying');
       this.failing = true;
+      this.options.onPoll?.(false, 0);
       return 0;
     }
   }

@@ -200,6 +200,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  // --- Accounts (src/accounts) ---
+  readonly accountChanges = new Counter({
+    name: 'rate_limiting_account_changes_total',
+    help: 'Admin changes (users, API keys) read back from the audit log and applied to the caches',
+    registers: [this.registry],
+  });
+
+  readonly accountChangeFeedUp = new Gauge({
+    name: 'rate_limiting_account_change_feed_up',
+    help: '1 when the last poll of the audit log for account changes succeeded (min over workers)',
+    registers: [this.registry],
+    aggregator: 'min',
+  });
+
   // --- Usage history (src/analytics) ---
   readonly usageBufferedRows = new Gauge({
     name: 'rate_limiting_usage_buffered_rows',
