@@ -102,7 +102,7 @@ export class AuditChangeFeed {
           // Ids between the last read and this one are taken by writes not committed yet
           // (or rolled back): looked for again until they settle. A jump too large to be
           // writes in flight is not tracked.
-          if (id - this.last <= MAX_GAP) for (let g = this.last + 1; g < id; g++) this.gaps.set(g, now);
+          if (id - this.last <= MAX_GAP && this.gaps.size < MAX_TRACKED_GAPS) for (let g = this.last + 1; g < id; g++) this.gaps.set(g, now);
           this.last = id;
           delivered += this.deliver(row);
         }
@@ -145,5 +145,6 @@ interface AuditRow {
 
 /** Batches read in one poll at most (a backlog beyond waits for the next poll). */
 const MAX_BATCHES_PER_POLL = 50;
-/** Skipped ids tracked between two rows at most. */
+/** Skipped ids tracked between two rows at most, and in all. */
 const MAX_GAP = 1000;
+const MAX_TRACKED_GAPS = 10_000;

@@ -136,8 +136,9 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
 }
 
 /**
- * The node's private directory for its unix sockets, named after the primary's pid. A node killed outright (SIGKILL) cannot remove its own, so those of primaries no
- * longer running are removed here.
+ * The node's private directory for its unix sockets, named after the primary's pid. A
+ * node killed outright (SIGKILL) cannot remove its own, so those of primaries no longer
+ * running are removed here.
  */
 function nodeSocketDir(): string {
   const base = tmpdir();
