@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { toObservations } from '../bench/accuracy/index.js';
-import { TIERS, WINDOWS, limitEnvironment, refLimitsFromEnv, type Answer } from '../bench/accuracy/scenarios.js';
+import type { Answer } from '../bench/accuracy/load.js';
+import { TIERS, WINDOWS, limitEnvironment, refLimitsFromEnv } from '../bench/accuracy/scenarios.js';
 import { buildWorkload, requestBody, type Workload, type WorkloadOptions, type WorkloadRequest } from '../bench/accuracy/workloads.js';
 import { ReferenceModel, type RefDecision } from '../bench/reference/model.js';
 

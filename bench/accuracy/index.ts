@@ -7,7 +7,9 @@
 import { computeAccuracy, type AccuracyReport, type ObservedDecision, type ScopeReport } from '../reference/accuracy.js';
 import { progress } from '../lib/progress.js';
 import { machineLine, markdownTable, table, writeResult, type Row } from '../lib/report.js';
-import { QUICK_SCENARIOS, SCENARIOS, TIERS, WINDOWS, refLimitsFromEnv, runScenario, startSharedDatabase, type Answer, type Scenario, type ScenarioRun } from './scenarios.js';
+import type { Answer } from './load.js';
+import { startSharedDatabase } from './nodes.js';
+import { QUICK_SCENARIOS, SCENARIOS, TIERS, WINDOWS, refLimitsFromEnv, runScenario, type Scenario, type ScenarioRun } from './scenarios.js';
 import { buildWorkload, describeWorkload, USER_KINDS, type Workload, type WorkloadOptions } from './workloads.js';
 
 export interface AccuracyOptions {
