@@ -84,4 +84,31 @@ describe('RefreshingCache', () => {
     c.clear();
     expect(c.size).toEqual({ found: 0, missing: 0, indexed: 0 });
   });
+
+  it('does not cache a load overtaken by a deletion of its id or of its secondary key, and caches the others', async () => {
+    const releases = new Map<string, () => void>();
+    const c = new RefreshingCache<{ id: string; owner: string }>({
+      load: (id) => new Promise((resolve) => releases.set(id, () => resolve({ id, owner: id.startsWith('a') ? 'alice' : 'bob' }))),
+      clock: () => 1_000_000,
+      maxEntries: 10,
+      maxMissing: 10,
+      refreshAfterMs: 60_000,
+      missingTtlMs: 5_000,
+      retryAfterMs: 1_000,
+      indexBy: (v) => [`owner:${v.owner}`],
+    });
+    const pending = ['a1', 'a2', 'b1', 'b2'].map((id) => c.get(id));
+    c.delete('a1'); // its own id
+    c.deleteIndexed('owner:bob'); // b1's and b2's owner, not yet known to the cache
+    c.delete('zz'); // someone else
+    for (const release of releases.values()) release();
+    await Promise.all(pending);
+    expect(['a1', 'a2', 'b1', 'b2'].map((id) => c.getFound(id)?.id)).toEqual([undefined, 'a2', undefined, undefined]);
+    // Once nothing is in flight, earlier deletions no longer matter.
+    releases.clear();
+    const again = c.get('b1');
+    releases.get('b1')!();
+    await again;
+    expect(c.getFound('b1')?.id).toBe('b1');
+  });
 });

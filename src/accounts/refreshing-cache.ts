@@ -58,6 +58,10 @@ interface FoundEntry<V> {
  */
 const RECENCY_RESOLUTION_MS = 1000;
 
+const MAX_TRACKED_DELETIONS = 10_000;
+/** Prefix of secondary keys among the deleted names (ids and secondary keys share the map). */
+const SECONDARY = '\u0000';
+
 const MISSING = Object.freeze({ state: 'missing' as const });
 const UNAVAILABLE = Object.freeze({ state: 'unavailable' as const });
 
@@ -66,8 +70,16 @@ export class RefreshingCache<V extends object> {
   /** id → until when it is known not to exist. */
   private readonly missing: LRUCache<string, number>;
   private readonly loading = new Map<string, Promise<CacheLookup<V>>>();
-  /** Bumped by every deletion; loads started under an older generation are not cached. */
+  /**
+   * Bumped by every deletion. A load is not cached if what it is about was deleted after it
+   * started: its id, one of its value's secondary keys, or everything (`clear`). Kept only
+   * while loads are in flight. (With one counter for every id, an admin change to any user
+   * kept every load then in flight out of the cache; with changes arriving every second from
+   * the audit log, a bulk import would have sent lookups to the database again and again.)
+   */
   private generation = 0;
+  private readonly deletedAt = new Map<string, number>();
+  private clearedAt = -1;
   /** Secondary key → ids of the found entries it names (`indexBy`), kept as entries come and go. */
   private readonly index = new Map<string, Set<string>>();
 
@@ -120,21 +132,21 @@ export class RefreshingCache<V extends object> {
 
   /** Drops what is known about `id`; the next `get` reads the store. */
   delete(id: string): void {
-    this.generation++;
+    this.markDeleted(id);
     this.found.delete(id);
     this.missing.delete(id);
   }
 
   /** Drops every found entry whose value has `secondaryKey` among its `indexBy` keys. */
   deleteIndexed(secondaryKey: string): void {
-    this.generation++;
+    this.markDeleted(SECONDARY + secondaryKey);
     const ids = this.index.get(secondaryKey);
     if (ids === undefined) return;
     for (const id of [...ids]) this.found.delete(id);
   }
 
   clear(): void {
-    this.generation++;
+    this.clearedAt = ++this.generation;
     this.found.clear();
     this.missing.clear();
   }
@@ -142,6 +154,27 @@ export class RefreshingCache<V extends object> {
   /** Entries held, and secondary keys indexed (bounded by the found entries' keys). */
   get size(): { found: number; missing: number; indexed: number } {
     return { found: this.found.size, missing: this.missing.size, indexed: this.index.size };
+  }
+
+  private markDeleted(name: string): void {
+    this.generation++;
+    if (this.loading.size === 0) return;
+    // Past a bound (a bulk import while loads keep running), loads in flight are all treated
+    // as overtaken instead.
+    if (this.deletedAt.size >= MAX_TRACKED_DELETIONS) {
+      this.deletedAt.clear();
+      this.clearedAt = this.generation;
+    } else {
+      this.deletedAt.set(name, this.generation);
+    }
+  }
+
+  /** Whether a load of `id` started at `generation` may cache `value` (nothing about it was deleted since). */
+  private stillCurrent(id: string, value: V | null, generation: number): boolean {
+    if (generation === this.generation) return true;
+    if (this.clearedAt > generation || (this.deletedAt.get(id) ?? -1) > generation) return false;
+    const keys = value === null ? [] : (this.options.indexBy?.(value) ?? []);
+    return keys.every((key) => (this.deletedAt.get(SECONDARY + key) ?? -1) <= generation);
   }
 
   private unindex(id: string, keys: readonly string[]): void {
@@ -177,7 +210,7 @@ export class RefreshingCache<V extends object> {
     const promise = this.options.load(id, background).then(
       (value): CacheLookup<V> => {
         const now = this.options.clock();
-        const current = generation === this.generation;
+        const current = this.stillCurrent(id, value, generation);
         if (value === null) {
           if (current) {
             this.found.delete(id);
@@ -198,7 +231,10 @@ export class RefreshingCache<V extends object> {
       },
     );
     this.loading.set(id, promise);
-    void promise.finally(() => this.loading.delete(id));
+    void promise.finally(() => {
+      this.loading.delete(id);
+      if (this.loading.size === 0) this.deletedAt.clear();
+    });
     return promise;
   }
 }
