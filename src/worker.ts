@@ -179,7 +179,9 @@ export async function buildNode(
     directory.listen(invalidation);
     // The audit log read back (change-feed.ts): every admin change reaches this worker's
     // caches within about a second, also when a pub/sub message was lost or there is no Redis.
-    const changes = new InProcessInvalidationBus();
+    const changes = new InProcessInvalidationBus((err, event) =>
+      accountsLogger.warn({ err: (err as Error).message, event: event.type }, 'account change handler failed'),
+    );
     keys.listen(changes);
     directory.listen(changes);
     feed = new AuditChangeFeed({

@@ -21,7 +21,7 @@ import type { InvalidationEvent } from './invalidation.js';
 
 export interface ChangeFeedOptions {
   db: Queryable;
-  /** Called once per change, in id order. */
+  /** Called once per change, in id order; must not throw (an InvalidationBus's `deliver` does not). */
   deliver: (event: InvalidationEvent) => void;
   clock: () => number;
   logger?: Logger;
@@ -38,9 +38,9 @@ export interface ChangeFeedOptions {
 /** The cache invalidation an audit row calls for, or null (e.g. a key created: nothing cached yet). */
 export function eventOfAudit(action: string, target: string): InvalidationEvent | null {
   const colon = target.indexOf(':');
+  if (colon < 0 || colon === target.length - 1) return null;
   const kind = target.slice(0, colon);
   const id = target.slice(colon + 1);
-  if (colon < 0 || id === '') return null;
   if (kind === 'user' && action.startsWith('user.')) return { type: 'user', userId: id };
   if (kind === 'key' && action !== 'key.create') return { type: 'key', keyId: id };
   return null;
@@ -128,11 +128,7 @@ export class AuditChangeFeed {
   private deliver(row: AuditRow): number {
     const event = eventOfAudit(String(row.action), String(row.target));
     if (event === null) return 0;
-    try {
-      this.options.deliver(event);
-    } catch (err) {
-      this.options.logger?.warn({ err: (err as Error).message }, 'account change handler failed');
-    }
+    this.options.deliver(event);
     return 1;
   }
 }
