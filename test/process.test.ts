@@ -16,6 +16,18 @@ async function start(env: Record<string, string> = {}): Promise<NodeProcess> {
   return node;
 }
 
+/**
+ * /health answers once one worker serves; tests about the two workers together wait until
+ * both serve their peers (under a loaded test run the second can come up a few seconds later).
+ */
+async function startBothWorkers(): Promise<NodeProcess> {
+  const node = await start();
+  const dir = join(tmpdir(), `rl-node-${node.child.pid}`);
+  const serving = (): boolean => existsSync(join(dir, 'peer-0.sock')) && existsSync(join(dir, 'peer-1.sock'));
+  for (let i = 0; i < 150 && !serving(); i++) await new Promise((r) => setTimeout(r, 100));
+  return node;
+}
+
 describe('the node process (npm start)', () => {
   it('admits exactly burst_limit of 70 back-to-back checks for a fresh basic user', async () => {
     const node = await start();
@@ -43,7 +55,7 @@ describe('the node process (npm start)', () => {
   });
 
   it('says loudly that durability is off without Redis, and exits 0 on SIGTERM', async () => {
-    const node = await start();
+    const node = await startBothWorkers();
     const health = await (await fetch(`${node.url}/health`)).json();
     expect(health).toMatchObject({ status: 'healthy', redis_connected: false, durability: 'memory' });
     expect(node.output()).toMatch(/durability OFF/);
@@ -66,7 +78,7 @@ describe('the node process (npm start)', () => {
     const gone = spawnSync('true').pid!;
     const stale = join(tmpdir(), `rl-node-${gone}`);
     mkdirSync(stale, { recursive: true });
-    const node = await start();
+    const node = await startBothWorkers();
     expect(existsSync(stale)).toBe(false);
     const own = join(tmpdir(), `rl-node-${node.child.pid}`);
     expect(existsSync(join(own, 'peer-0.sock')) && existsSync(join(own, 'peer-1.sock'))).toBe(true);
