@@ -2,17 +2,18 @@ import { describe, expect, it } from 'vitest';
 import { RefreshingCache } from '../src/accounts/refreshing-cache.js';
 
 describe('RefreshingCache', () => {
-  function cache(maxEntries: number) {
+  /** Ids starting with "x" do not exist. */
+  function cache(maxEntries: number, maxMissing = 10) {
     const clock = { ms: 1_000_000 };
     const loads: string[] = [];
     const c = new RefreshingCache<{ id: string }>({
       load: async (id) => {
         loads.push(id);
-        return { id };
+        return id.startsWith('x') ? null : { id };
       },
       clock: () => clock.ms,
       maxEntries,
-      maxMissing: 10,
+      maxMissing,
       refreshAfterMs: 60_000,
       missingTtlMs: 5_000,
       retryAfterMs: 1_000,
@@ -37,6 +38,26 @@ describe('RefreshingCache', () => {
     expect(c.getFound('c')).toBeUndefined();
     expect(c.getFound('b')).toEqual({ id: 'b' });
     expect(loads).toEqual(['a', 'b', 'c', 'd']);
+  });
+
+  it('evicts the missing id asked for longest ago, and re-checks one once it is due', async () => {
+    const { c, clock, loads } = cache(10, 2);
+    expect(await c.get('xa')).toEqual({ state: 'missing' });
+    expect(await c.get('xb')).toEqual({ state: 'missing' });
+    expect(c.get('xa')).toEqual({ state: 'missing' });
+    await c.get('xc');
+    expect(c.size.missing).toBe(2);
+    // xb went, xa (asked again) stayed: answered without a load.
+    expect(c.get('xa')).toEqual({ state: 'missing' });
+    await c.get('xb');
+    expect(loads).toEqual(['xa', 'xb', 'xc', 'xb']);
+
+    // Past the missing TTL: still answered from memory, with one re-check in the background.
+    clock.ms += 5_000;
+    expect(c.get('xb')).toEqual({ state: 'missing' });
+    expect(c.get('xb')).toEqual({ state: 'missing' });
+    await new Promise((r) => setImmediate(r));
+    expect(loads).toEqual(['xa', 'xb', 'xc', 'xb', 'xb']);
   });
 
   it('answers a due entry from memory and reloads it once in the background', async () => {
