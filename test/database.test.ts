@@ -140,11 +140,14 @@ describe('availability errors', () => {
     const dir = mkdtempSync(join(tmpdir(), 'rl-pglite-'));
     try {
       const first = await openPglite(join(dir, 'data'));
+      expect((await first.query('SHOW shared_buffers')).rows).toEqual([{ shared_buffers: '32MB' }]);
       expect(await migrate(first)).toEqual({ applied: MIGRATIONS.map((m) => m.version), version: MIGRATIONS.length });
       await first.query("INSERT INTO users (user_id, tier) VALUES ('kept', 'basic')");
       await first.close();
       const again = await openPglite(join(dir, 'data'));
       try {
+        // Its shared buffers are ours (32 MB), not PGlite's 128 MB, on a first start and after.
+        expect((await again.query('SHOW shared_buffers')).rows).toEqual([{ shared_buffers: '32MB' }]);
         expect(await migrate(again)).toEqual({ applied: [], version: MIGRATIONS.length });
         expect((await again.query('SELECT user_id FROM users')).rows).toEqual([{ user_id: 'kept' }]);
       } finally {
