@@ -134,6 +134,8 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
   const probes = new Map<string, number[]>();
   /** Server CPU µs (all its processes) over its loaded windows. */
   const cpu = new Map<string, number>();
+  /** The bench's redis-server's CPU µs over each target's loaded windows. */
+  const redisCpu = new Map<string, number>();
   const cpuPerCheck = (name: string): number => cpu.get(name)! / runs.get(name)!.reduce((sum, r) => sum + r.total, 0);
   const notes: string[] = [];
   try {
@@ -153,9 +155,11 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
         const sampler = probe ? setInterval(() => void probe.read(target).then((v) => samples.push(v), () => undefined), 250) : null;
         // The server's CPU while it is loaded (all its processes), per check answered.
         const cpuBefore = treeCpuMicros(target.pid!);
+        const redisBefore = treeCpuMicros(redis.pid);
         const seconds = Math.max(options.durationSeconds, specs[index]!.minSeconds ?? 0);
         const result = await load(target, seconds).finally(() => sampler && clearInterval(sampler));
         cpu.set(name, (cpu.get(name) ?? 0) + treeCpuMicros(target.pid!) - cpuBefore);
+        redisCpu.set(name, (redisCpu.get(name) ?? 0) + treeCpuMicros(redis.pid) - redisBefore);
         // Failures (non-2xx, socket errors, wrk's 2 s timeouts) are reported, not hidden;
         // a target with more than 0.1 % of its requests failing misses its bar.
         if (result.failures > 0) notes.push(`round ${round}: ${name}: ${result.failures} failed requests of ${result.total}`);
@@ -197,6 +201,12 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
       'during load': spec.probe ? `${spec.probe.label}: ${Math.round(Math.max(0, ...(probes.get(spec.name) ?? []).filter(Number.isFinite)))}` : '',
     };
   });
+  // Redis shares the machine's cores with the node here (in a deployment it has its own):
+  // what it spent while a target was loaded is CPU that target's server could not use.
+  for (const name of [LOCAL_REDIS, REDIS_MODE]) {
+    const checks = runs.get(name)?.reduce((sum, r) => sum + r.total, 0);
+    if (checks) notes.push(`${name}: redis-server's own CPU while it was loaded: ${(redisCpu.get(name)! / checks).toFixed(2)} µs per check (on the same cores)`);
+  }
   const sameBytes = runs.get(SAME_BYTES);
   const local = runs.get(LOCAL);
   if (sameBytes && local) {
@@ -214,7 +224,7 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
       `${options.rounds} rounds of ${options.durationSeconds} s per target (the usage analytics pair and write-behind ${USAGE_WINDOW_SECONDS} s: ` +
       `usage rows are written after their minute ends, and what a node does once a minute must fall in both sides' windows alike), visited in turn; ratios are the median of the per-round ratios. CPU µs/check: the CPU time of ` +
       `all the server's processes while it was loaded, per check answered; the CPU ratio is the reference's over the target's. A bar ` +
-      `must be reached by both ratios. Redis's CPU is in neither CPU figure.`,
+      `must be reached by both ratios. Redis's CPU is in neither CPU figure (it is given under the table).`,
     rows,
     notes,
   });
