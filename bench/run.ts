@@ -8,7 +8,7 @@
  *   quick      [--only scenario] [--json]               single, cluster, node-kill; small (< 3 min)
  *   compare    [--duration s] [--rounds n] [--latency-duration s] [--only name] [--json]
  *              capacity and open-loop latency beside hello-world, rate-limiter-flexible, @fastify/rate-limit
- *   scale      [--users n] [--decisions n] [--rounds n] [--json]   memory with 1M users; engine ns/decision
+ *   scale      [--users n] [--decisions n] [--rounds n] [--heap-cap MB] [--json]   memory with 1M users (and a capped heap); engine ns/decision
  *   usage-flush [--users n] [--minutes n]   one minute of usage written into PGlite, rollups with and without page room
  *   redis-cpu  [--users n] [--flushes n] [--rounds n]   Redis CPU per user flushed by write-behind, beside a GET+SET floor
  *   all        (the default) every benchmark above but quick, one after the other
@@ -79,6 +79,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<boolean>> = {
       decisions: option(args, 'decisions', 1_000_000),
       keys: option(args, 'keys', 10_000),
       rounds: option(args, 'rounds', 5),
+      heapCapMb: option(args, 'heap-cap', 400),
       json: args.includes('--json'),
     }),
   'usage-flush': (args) => usageFlush({ users: option(args, 'users', 10_000), minutes: option(args, 'minutes', 9) }),

@@ -36,6 +36,11 @@ export interface ScaleOptions {
   keys: number;
   /** Measured engine rounds (plus one warm-up round, not counted). */
   rounds: number;
+  /**
+   * Also drive a second node whose processes have their JavaScript heap capped at this many
+   * MB (`NODE_OPTIONS=--max-old-space-size`), beside the uncapped one; 0 skips it.
+   */
+  heapCapMb?: number;
   /** Skip part (a) or (b). */
   skipMemory?: boolean;
   skipEngine?: boolean;
@@ -297,55 +302,60 @@ export async function scale(options: ScaleOptions): Promise<boolean> {
   const json: Record<string, unknown> = { options: { ...options, workers, batchSize, concurrency }, machine: machineLine() };
 
   if (!options.skipMemory) {
-    const env: Record<string, string> = { RATE_LIMITING_MAX_USERS_IN_MEMORY: String(Math.max(1000, options.users * 2)) };
-    let redis: { endpoint: string; stop(): Promise<void> } | null = null;
-    if (options.redis) {
-      const { startRedis } = await import('../lib/processes.js');
-      redis = await startRedis();
-      env.REDIS_ENDPOINT = redis.endpoint;
-    }
-    let target: Target | null = null;
-    const bar = progress('scale: users', options.users);
-    try {
-      target = await startNode('ours, memory', workers, env);
-      // The primary boots its embedded database (PGlite) after /health answers; let it finish.
-      await sleep(15_000);
-      const idle = await nodeMemory(target);
-      const drive = await driveUsers(target, options.users, batchSize, concurrency, bar);
-      bar.finish(`${options.users} users in ${drive.seconds.toFixed(1)} s`);
-      await sleep(3000);
-      const loaded = await nodeMemory(target);
-      if (drive.failed > 0 || loaded.shardUsers < options.users) {
-        ok = false;
-        notes.push(`the node holds ${loaded.shardUsers} users of ${options.users} driven (${drive.failed} checks failed)`);
+    const heapCap = options.heapCapMb ?? 0;
+    for (const cap of heapCap > 0 ? [0, heapCap] : [0]) {
+      const env: Record<string, string> = { RATE_LIMITING_MAX_USERS_IN_MEMORY: String(Math.max(1000, options.users * 2)) };
+      if (cap > 0) env.NODE_OPTIONS = `--max-old-space-size=${cap}`;
+      const label = `our node (${workers} workers${options.redis ? ', Redis write-behind' : ', no Redis'}${cap > 0 ? `, heap capped at ${cap} MB` : ''})`;
+      let redis: { endpoint: string; stop(): Promise<void> } | null = null;
+      if (options.redis) {
+        const { startRedis } = await import('../lib/processes.js');
+        redis = await startRedis();
+        env.REDIS_ENDPOINT = redis.endpoint;
       }
-      notes.push(
-        `Driving ${options.users} users took ${drive.seconds.toFixed(1)} s (${Math.round(options.users / drive.seconds)} users/s, batches of ${batchSize}, ${concurrency} in flight; ` +
-          `the new users of a batch cost the node one query of its account database); ${drive.denied} denied.`,
-      );
-      const row = (name: string, m: NodeMemory): Row => ({
-        what: name,
-        users: m.shardUsers,
-        'RSS MB (all processes)': mb(m.rssTotal),
-        'RSS MB (workers)': mb(m.rssWorkers),
-        'heap used MB (workers)': mb(m.heapUsedWorkers),
-        'bytes/user RSS': '',
-        'bytes/user heap': '',
-      });
-      memoryRows.push(row(`our node (${workers} workers${options.redis ? ', Redis write-behind' : ', no Redis'}), idle`, idle));
-      memoryRows.push({
-        ...row(`our node, ${options.users} users`, loaded),
-        'bytes/user RSS': perUser(loaded.rssWorkers - idle.rssWorkers, options.users),
-        'bytes/user heap': perUser(loaded.heapUsedWorkers - idle.heapUsedWorkers, options.users),
-      });
-      json.node = { idle, loaded, drive };
-    } catch (err) {
-      ok = false;
-      bar.finish('failed');
-      notes.push(`node memory: ${(err as Error).message.split('\n')[0]}`);
-    } finally {
-      await target?.stop();
-      await redis?.stop();
+      let target: Target | null = null;
+      const bar = progress(`scale: users${cap > 0 ? ` (heap capped at ${cap} MB)` : ''}`, options.users);
+      try {
+        target = await startNode('ours, memory', workers, env);
+        // The primary boots its embedded database (PGlite) after /health answers; let it finish.
+        await sleep(15_000);
+        const idle = await nodeMemory(target);
+        const drive = await driveUsers(target, options.users, batchSize, concurrency, bar);
+        bar.finish(`${options.users} users in ${drive.seconds.toFixed(1)} s`);
+        await sleep(3000);
+        const loaded = await nodeMemory(target);
+        if (drive.failed > 0 || loaded.shardUsers < options.users) {
+          ok = false;
+          notes.push(`${label}: holds ${loaded.shardUsers} users of ${options.users} driven (${drive.failed} checks failed)`);
+        }
+        notes.push(
+          `${label}: driving ${options.users} users took ${drive.seconds.toFixed(1)} s (${Math.round(options.users / drive.seconds)} users/s, batches of ${batchSize}, ${concurrency} in flight; ` +
+            `the new users of a batch cost the node one query of its account database); ${drive.denied} denied.`,
+        );
+        const row = (name: string, m: NodeMemory): Row => ({
+          what: name,
+          users: m.shardUsers,
+          'RSS MB (all processes)': mb(m.rssTotal),
+          'RSS MB (workers)': mb(m.rssWorkers),
+          'heap used MB (workers)': mb(m.heapUsedWorkers),
+          'bytes/user RSS': '',
+          'bytes/user heap': '',
+        });
+        memoryRows.push(row(`${label}, idle`, idle));
+        memoryRows.push({
+          ...row(`${label}, ${options.users} users`, loaded),
+          'bytes/user RSS': perUser(loaded.rssWorkers - idle.rssWorkers, options.users),
+          'bytes/user heap': perUser(loaded.heapUsedWorkers - idle.heapUsedWorkers, options.users),
+        });
+        json[cap > 0 ? 'node_capped' : 'node'] = { idle, loaded, drive };
+      } catch (err) {
+        ok = false;
+        bar.finish('failed');
+        notes.push(`${label}: ${(err as Error).message.split('\n')[0]}`);
+      } finally {
+        await target?.stop();
+        await redis?.stop();
+      }
     }
 
     for (const what of ['ours', 'rlf'] as const) {
@@ -400,7 +410,8 @@ export async function scale(options: ScaleOptions): Promise<boolean> {
     `Node memory: our node (dist/src/main.js, ${workers} workers, PGlite in memory, usage analytics off, RATE_LIMITING_MAX_USERS_IN_MEMORY raised so no user is evicted${options.redis ? ', local mode with Redis write-behind' : ', no Redis'}) ` +
       `idle 15 s after start (its embedded database booted), then after ${options.users} distinct users were checked once each through /rate-limiting/check/batch and 3 s of rest. ` +
       `RSS of all processes is the primary plus its workers from /proc; the workers' RSS and heap come from the node's /metrics (summed over workers, no forced GC, so heap includes garbage). ` +
-      `Bytes/user = (loaded − idle) / users, over the workers (the primary holds no user state).`,
+      `Bytes/user = (loaded − idle) / users, over the workers (the primary holds no user state).` +
+      (options.heapCapMb ? ` Then the same for a node started with NODE_OPTIONS=--max-old-space-size=${options.heapCapMb} (every process of it): V8 collects sooner instead of growing the heap.` : ''),
     `Held keys: a fresh process (--expose-gc, GC forced before and after) holding the same number of keys: our Shard (the node's counters, LRU of UserState entries) and RateLimiterMemory (${PEER_POINTS} points per ${PEER_WINDOW_SECONDS} s, a Map entry and an unref'd timer per key).`,
     `Engine: one fresh process; per round ${options.decisions} decisions over ${options.keys} keys cycled in order, each engine starting empty; ` +
       `our Shard.decide of the default tier with Date.now() per decision, the same awaited (what an async API costs), the engine's decide() on a plain Map (the Shard's share), and await RateLimiterMemory.consume (${PEER_POINTS}/${PEER_WINDOW_SECONDS} s). ` +
@@ -411,7 +422,8 @@ export async function scale(options: ScaleOptions): Promise<boolean> {
   else console.log(`\n${text}\n`);
   const command =
     `npm run bench -- scale --users ${options.users} --workers ${workers} --decisions ${options.decisions} --keys ${options.keys} --rounds ${options.rounds}` +
-    (options.redis ? ' --redis' : '');
+    (options.redis ? ' --redis' : '') +
+    ` --heap-cap ${options.heapCapMb ?? 0}`;
   const markdown = [
     '# Scale: memory per node and engine cost per decision',
     '',
