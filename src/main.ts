@@ -1,5 +1,4 @@
 import cluster from 'node:cluster';
-import { AggregatorRegistry } from 'prom-client';
 import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
 import { LOCAL_SECRET_ENV, SIBLING_SOCKET_ENV, WORKER_INDEX_ENV, runPrimary, type PrimaryMessage, type WorkerMessage } from './cluster/primary.js';
 import { createLogger, type Logger } from './observability/logger.js';
@@ -82,9 +81,16 @@ async function runWorker({ config }: LoadedConfig, logger: Logger): Promise<void
     metricsText,
     database: openWorkerDatabase(config, logger),
   });
-  // Constructing one registers prom-client's answer to the primary's requests in this worker.
-  new AggregatorRegistry();
-  AggregatorRegistry.setRegistries([worker.metrics.registry]);
+  // From now on this worker's metrics are part of the node's (see NodeMetrics in primary.ts).
+  const registry = worker.metrics.registry;
+  process.on('message', (message: PrimaryMessage) => {
+    if (message?.type !== 'rl:metrics-collect') return;
+    registry.getMetricsAsJSON().then(
+      (metrics) => process.send!({ type: 'rl:metrics-part', id: message.id, metrics } satisfies WorkerMessage),
+      (err: Error) => process.send!({ type: 'rl:metrics-part', id: message.id, error: err.message } satisfies WorkerMessage),
+    );
+  });
+  process.send!({ type: 'rl:ready', index } satisfies WorkerMessage);
 }
 
 async function main(): Promise<void> {

@@ -20,8 +20,8 @@ async function start(env: Record<string, string> = {}): Promise<NodeProcess> {
  * /health answers once one worker serves; tests about the two workers together wait until
  * both serve their peers (under a loaded test run the second can come up a few seconds later).
  */
-async function startBothWorkers(): Promise<NodeProcess> {
-  const node = await start();
+async function startBothWorkers(env: Record<string, string> = {}): Promise<NodeProcess> {
+  const node = await start(env);
   const dir = join(tmpdir(), `rl-node-${node.child.pid}`);
   const serving = (): boolean => existsSync(join(dir, 'peer-0.sock')) && existsSync(join(dir, 'peer-1.sock'));
   for (let i = 0; i < 150 && !serving(); i++) await new Promise((r) => setTimeout(r, 100));
@@ -88,6 +88,41 @@ describe('the node process (npm start)', () => {
     expect(served()).toBe(true);
     expect(await node.stop()).toBe(0);
     expect(existsSync(own)).toBe(false);
+  });
+
+  it('reports its heap limit in /metrics, summed over its workers, as NODE_OPTIONS sets it', async () => {
+    const metric = async (node: NodeProcess): Promise<number> => {
+      const text = await (await fetch(`${node.url}/metrics`)).text();
+      return Number(/^rate_limiting_heap_limit_bytes (\S+)$/m.exec(text)?.[1]);
+    };
+    const MB = 1024 * 1024;
+    // Metrics are gathered from every worker: both must serve.
+    const capped = await metric(await startBothWorkers({ NODE_OPTIONS: '--max-old-space-size=200' }));
+    // Two workers, each 200 MB of old space plus its young generation (tens of MB).
+    expect(capped).toBeGreaterThanOrEqual(2 * 200 * MB);
+    expect(capped).toBeLessThan(2 * 300 * MB);
+    expect(await metric(await startBothWorkers())).toBeGreaterThan(2 * 300 * MB);
+  });
+
+  it('answers /metrics at once while a crashed worker restarts, with the serving worker\'s figures', async () => {
+    const node = await startBothWorkers();
+    const [killed, other] = node.workerPids();
+    process.kill(killed!, 'SIGKILL');
+    // The primary forks a replacement after 100 ms; it needs far longer to serve.
+    let pids: number[] = [];
+    for (let i = 0; i < 100; i++) {
+      pids = node.workerPids();
+      if (pids.length === 2 && !pids.includes(killed!)) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(pids).toContain(other);
+    expect(pids).not.toContain(killed);
+    const started = Date.now();
+    const res = await fetch(`${node.url}/metrics`);
+    const text = await res.text();
+    expect(res.status).toBe(200);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(text).toMatch(/^rate_limiting_heap_limit_bytes \d/m);
   });
 
   it('exits non-zero naming the variable when an environment value is bad', async () => {

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AggregatorRegistry } from 'prom-client';
+import { AggregatorRegistry, Registry } from 'prom-client';
 import type { Config } from '../config/types.js';
 import type { Logger } from '../observability/logger.js';
 import { PGLITE_SOCKET_ENV, startPrimaryDatabase } from '../storage/db/node-database.js';
@@ -13,8 +13,14 @@ import { PushGateway } from '../observability/pushgateway.js';
 /** IPC between the primary and its workers. */
 export type PrimaryMessage =
   | { type: 'rl:shutdown' }
-  | { type: 'rl:metrics-response'; id: number; body: string; contentType: string; error?: string };
-export type WorkerMessage = { type: 'rl:metrics-request'; id: number } | { type: 'rl:ready'; index: number };
+  | { type: 'rl:metrics-response'; id: number; body: string; contentType: string; error?: string }
+  /** The primary gathering the node's metrics: each ready worker answers with its own. */
+  | { type: 'rl:metrics-collect'; id: number };
+export type WorkerMessage =
+  | { type: 'rl:metrics-request'; id: number }
+  /** The worker serves, and answers `rl:metrics-collect` from now on. */
+  | { type: 'rl:ready'; index: number }
+  | { type: 'rl:metrics-part'; id: number; metrics?: object[]; error?: string };
 
 export const WORKER_INDEX_ENV = 'RATE_LIMITING_WORKER_INDEX';
 export const LOCAL_SECRET_ENV = 'RATE_LIMITING_LOCAL_SECRET';
@@ -26,6 +32,8 @@ const RESTART_MAX_MS = 5000;
 /** A worker that ran this long before crashing restarts without backoff. */
 const STABLE_MS = 30_000;
 const SHUTDOWN_WAIT_MS = 25_000;
+/** How long the primary waits for every ready worker's metrics. */
+const METRICS_WAIT_MS = 4000;
 
 /**
  * The node primary: forks `workers` workers that all serve the API port (node:cluster
@@ -44,7 +52,8 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
     // The workers leave when the IPC channel closes.
     process.exit(3);
   });
-  const aggregator = new AggregatorRegistry();
+  const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number; ready: boolean }>();
+  const metrics = new NodeMetrics(() => [...byIndex.values()].filter((w) => w.ready && w.worker.isConnected()).map((w) => w.worker));
   let pushgateway: PushGateway | null = null;
   if (config.monitoring.custom_metrics_endpoint !== '') {
     pushgateway = new PushGateway({
@@ -52,28 +61,30 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
       job: 'rate_limiting',
       instance: nodeId,
       intervalMs: config.monitoring.push_interval_seconds * 1000,
-      text: async () => ({ body: await aggregator.clusterMetrics(), contentType: aggregator.contentType }),
+      text: () => metrics.gather(),
       logger: log,
     });
   }
   const localSecret = randomBytes(24).toString('hex');
-  const byIndex = new Map<number, { worker: Worker; startedAt: number; backoff: number }>();
   let stopping = false;
 
   const fork = (index: number, backoff = RESTART_MIN_MS): void => {
     const env: Record<string, string> = { [WORKER_INDEX_ENV]: String(index), [LOCAL_SECRET_ENV]: localSecret, [SIBLING_SOCKET_ENV]: nodeDir };
     if (database.socketDir !== null) env[PGLITE_SOCKET_ENV] = database.socketDir;
     const worker = cluster.fork(env);
-    byIndex.set(index, { worker, startedAt: Date.now(), backoff });
+    const slot = { worker, startedAt: Date.now(), backoff, ready: false };
+    byIndex.set(index, slot);
     worker.on('message', (message: WorkerMessage | { type: typeof IPC_INVALIDATE; event: unknown }) => {
       if (message?.type === IPC_INVALIDATE) {
         // Cache invalidation between this node's workers (without Redis): hand it to all.
         for (const { worker: w } of byIndex.values()) if (w.isConnected()) w.send(message);
         return;
       }
+      if (message?.type === 'rl:ready') slot.ready = true;
+      if (message?.type === 'rl:metrics-part') metrics.received(message);
       if (message?.type !== 'rl:metrics-request') return;
-      aggregator.clusterMetrics().then(
-        (body) => worker.send({ type: 'rl:metrics-response', id: message.id, body, contentType: aggregator.contentType } satisfies PrimaryMessage),
+      metrics.gather().then(
+        ({ body, contentType }) => worker.send({ type: 'rl:metrics-response', id: message.id, body, contentType } satisfies PrimaryMessage),
         (err: Error) => worker.send({ type: 'rl:metrics-response', id: message.id, body: '', contentType: 'text/plain', error: err.message } satisfies PrimaryMessage),
       );
     });
@@ -133,6 +144,49 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/**
+ * The node's metrics: every ready worker's registry, aggregated as prom-client's cluster
+ * mode does (sums unless a metric says otherwise). Only workers that said they are ready
+ * are asked: prom-client's own cluster mode asked every connected worker, and one still
+ * starting (or restarting after a crash) could not answer yet, so every scrape in that
+ * window failed after 5 s.
+ */
+class NodeMetrics {
+  private next = 0;
+  private readonly pending = new Map<number, { parts: object[][]; waiting: number; settle(err?: Error): void }>();
+
+  constructor(private readonly readyWorkers: () => Worker[]) {}
+
+  gather(): Promise<{ body: string; contentType: string }> {
+    const workers = this.readyWorkers();
+    const id = ++this.next;
+    return new Promise<object[][]>((resolve, reject) => {
+      const timer = setTimeout(() => settle(new Error(`a worker did not send its metrics within ${METRICS_WAIT_MS} ms`)), METRICS_WAIT_MS);
+      const request = { parts: [] as object[][], waiting: workers.length, settle: (err?: Error) => settle(err) };
+      const settle = (err?: Error): void => {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        if (err) reject(err);
+        else resolve(request.parts);
+      };
+      this.pending.set(id, request);
+      if (workers.length === 0) return settle();
+      for (const worker of workers) worker.send({ type: 'rl:metrics-collect', id } satisfies PrimaryMessage);
+    }).then(async (parts) => {
+      const registry = AggregatorRegistry.aggregate(parts);
+      return { body: await registry.metrics(), contentType: Registry.PROMETHEUS_CONTENT_TYPE };
+    });
+  }
+
+  received(message: Extract<WorkerMessage, { type: 'rl:metrics-part' }>): void {
+    const request = this.pending.get(message.id);
+    if (request === undefined) return;
+    if (message.error !== undefined || message.metrics === undefined) return request.settle(new Error(message.error ?? 'a worker sent no metrics'));
+    request.parts.push(message.metrics);
+    if (--request.waiting === 0) request.settle();
+  }
 }
 
 /**

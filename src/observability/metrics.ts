@@ -1,3 +1,4 @@
+import { getHeapStatistics } from 'node:v8';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { FastCounter, FastHistogram, type CounterSeries } from './fast-metrics.js';
 
@@ -34,6 +35,15 @@ export class Metrics {
     help: 'Users whose counters are held in memory by this process',
     registers: [this.registry],
     collect: (): void => this.shardUsers.set(this.shardSize()),
+  });
+
+  readonly heapLimit: Gauge = new Gauge({
+    name: 'rate_limiting_heap_limit_bytes',
+    help:
+      "V8's heap size limit of this process (node's --max-old-space-size plus the young generation); " +
+      'nodejs_heap_size_used_bytes over it is how full the heap may get before the process runs out of memory',
+    registers: [this.registry],
+    collect: (): void => this.heapLimit.set(getHeapStatistics().heap_size_limit),
   });
 
   readonly configInfo = new Gauge({
