@@ -81,7 +81,7 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
         return;
       }
       if (message?.type === 'rl:ready') slot.ready = true;
-      if (message?.type === 'rl:metrics-part') metrics.received(message);
+      if (message?.type === 'rl:metrics-part') metrics.received(worker, message);
       if (message?.type !== 'rl:metrics-request') return;
       metrics.gather().then(
         ({ body, contentType }) => worker.send({ type: 'rl:metrics-response', id: message.id, body, contentType } satisfies PrimaryMessage),
@@ -89,12 +89,13 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
       );
     });
     worker.on('exit', (code, signal) => {
+      slot.ready = false;
+      metrics.exited(worker);
       if (byIndex.get(index)?.worker !== worker) return;
       if (stopping) {
         byIndex.delete(index);
         return;
       }
-      const slot = byIndex.get(index)!;
       const stable = Date.now() - slot.startedAt > STABLE_MS;
       const delay = stable ? RESTART_MIN_MS : slot.backoff;
       log.error({ worker: index, pid: worker.process.pid, code, signal, restart_in_ms: delay }, 'worker exited; restarting it');
@@ -155,7 +156,7 @@ export async function runPrimary(config: Config, logger: Logger, nodeId: string)
  */
 class NodeMetrics {
   private next = 0;
-  private readonly pending = new Map<number, { parts: object[][]; waiting: number; settle(err?: Error): void }>();
+  private readonly pending = new Map<number, { parts: object[][]; waiting: Set<number>; settle(err?: Error): void }>();
 
   constructor(private readonly readyWorkers: () => Worker[]) {}
 
@@ -164,7 +165,7 @@ class NodeMetrics {
     const id = ++this.next;
     return new Promise<object[][]>((resolve, reject) => {
       const timer = setTimeout(() => settle(new Error(`a worker did not send its metrics within ${METRICS_WAIT_MS} ms`)), METRICS_WAIT_MS);
-      const request = { parts: [] as object[][], waiting: workers.length, settle: (err?: Error) => settle(err) };
+      const request = { parts: [] as object[][], waiting: new Set(workers.map((w) => w.id)), settle: (err?: Error) => settle(err) };
       const settle = (err?: Error): void => {
         clearTimeout(timer);
         this.pending.delete(id);
@@ -180,12 +181,19 @@ class NodeMetrics {
     });
   }
 
-  received(message: Extract<WorkerMessage, { type: 'rl:metrics-part' }>): void {
+  received(worker: Worker, message: Extract<WorkerMessage, { type: 'rl:metrics-part' }>): void {
     const request = this.pending.get(message.id);
-    if (request === undefined) return;
+    if (request === undefined || !request.waiting.delete(worker.id)) return;
     if (message.error !== undefined || message.metrics === undefined) return request.settle(new Error(message.error ?? 'a worker sent no metrics'));
     request.parts.push(message.metrics);
-    if (--request.waiting === 0) request.settle();
+    if (request.waiting.size === 0) request.settle();
+  }
+
+  /** A worker that exits is no longer waited for: its figures went with it. */
+  exited(worker: Worker): void {
+    for (const request of [...this.pending.values()]) {
+      if (request.waiting.delete(worker.id) && request.waiting.size === 0) request.settle();
+    }
   }
 }
 
