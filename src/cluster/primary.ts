@@ -164,15 +164,15 @@ class NodeMetrics {
     const workers = this.readyWorkers();
     const id = ++this.next;
     return new Promise<object[][]>((resolve, reject) => {
-      const timer = setTimeout(() => settle(new Error(`a worker did not send its metrics within ${METRICS_WAIT_MS} ms`)), METRICS_WAIT_MS);
-      const request = { parts: [] as object[][], waiting: new Set(workers.map((w) => w.id)), settle: (err?: Error) => settle(err) };
+      const parts: object[][] = [];
       const settle = (err?: Error): void => {
         clearTimeout(timer);
         this.pending.delete(id);
         if (err) reject(err);
-        else resolve(request.parts);
+        else resolve(parts);
       };
-      this.pending.set(id, request);
+      const timer = setTimeout(() => settle(new Error(`a worker did not send its metrics within ${METRICS_WAIT_MS} ms`)), METRICS_WAIT_MS);
+      this.pending.set(id, { parts, waiting: new Set(workers.map((w) => w.id)), settle });
       if (workers.length === 0) return settle();
       for (const worker of workers) worker.send({ type: 'rl:metrics-collect', id } satisfies PrimaryMessage);
     }).then(async (parts) => {
