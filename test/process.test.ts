@@ -18,12 +18,15 @@ async function start(env: Record<string, string> = {}): Promise<NodeProcess> {
 
 /**
  * /health answers once one worker serves; tests about the two workers together wait until
- * both serve their peers (under a loaded test run the second can come up a few seconds later).
+ * both serve their peers and the API (under a loaded test run the second can come up a few
+ * seconds later; only a worker that serves adds its figures to /metrics).
  */
 async function startBothWorkers(env: Record<string, string> = {}): Promise<NodeProcess> {
   const node = await start(env);
   const dir = join(tmpdir(), `rl-node-${node.child.pid}`);
-  const serving = (): boolean => existsSync(join(dir, 'peer-0.sock')) && existsSync(join(dir, 'peer-1.sock'));
+  const listening = (index: number): boolean => new RegExp(`"worker":${index},[^\n]*"msg":"worker listening"`).test(node.output());
+  const serving = (): boolean =>
+    existsSync(join(dir, 'peer-0.sock')) && existsSync(join(dir, 'peer-1.sock')) && listening(0) && listening(1);
   for (let i = 0; i < 150 && !serving(); i++) await new Promise((r) => setTimeout(r, 100));
   return node;
 }
