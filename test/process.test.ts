@@ -28,6 +28,8 @@ async function startBothWorkers(env: Record<string, string> = {}): Promise<NodeP
   const serving = (): boolean =>
     existsSync(join(dir, 'peer-0.sock')) && existsSync(join(dir, 'peer-1.sock')) && listening(0) && listening(1);
   for (let i = 0; i < 150 && !serving(); i++) await new Promise((r) => setTimeout(r, 100));
+  // Not both within 15 s: fail here, with what the node said (a worker that crashed at start shows why).
+  if (!serving()) throw new Error(`both workers did not come up within 15 s:\n${node.output()}`);
   return node;
 }
 
@@ -64,7 +66,7 @@ describe('the node process (npm start)', () => {
     expect(node.output()).toMatch(/durability OFF/);
     // Both workers hold a stream to each other; neither waits on the other's to end
     // (it used to take ~10 s, until gRPC's keepalive gave up).
-    expect(node.workerPids()).toHaveLength(2);
+    expect(node.workerPids(), node.output()).toHaveLength(2);
     const modes = new Set<string>();
     for (let i = 0; i < 40; i++) {
       const res = await fetch(`${node.url}/rate-limiting/check`, { method: 'POST', headers: { 'content-type': 'application/json', connection: 'close' }, body: JSON.stringify({ user_id: `u${i}` }) });

@@ -11,6 +11,7 @@ import { COUNTERS, DAY_MS, HOUR_MS, MINUTE_MS } from '../src/analytics/usage-row
 import type { CheckOutcome } from '../src/node/decider.js';
 import type { DecisionCode } from '../src/node/engine.js';
 import type { LimitName } from '../src/node/limits.js';
+import type { UsageSlot } from '../src/node/shard.js';
 import { createLogger } from '../src/observability/logger.js';
 import type { Database } from '../src/storage/db/database.js';
 import { migrate } from '../src/storage/db/migrations.js';
@@ -68,15 +69,24 @@ const CODES: Array<{ code: DecisionCode; limitedBy: LimitName | null; counters: 
   { code: 'USER_DISABLED', limitedBy: null, counters: ['denied', 'denied_disabled'] },
 ];
 
-/** Records `n` random decisions from `now` on, moving the clock by up to `stepMs` each; returns the tally. */
+/**
+ * Records `n` random decisions from `now` on, moving the clock by up to `stepMs` each;
+ * returns the tally. Most decisions bring the user's shard entry (as decisions on the
+ * worker's own counters do), some do not (forwarded, in Redis), and now and then the
+ * user's entry is a new one (evicted and made again): every way to a row is taken.
+ */
 function recordRandom(recorder: UsageRecorder, rand: () => number, clock: { ms: number }, n: number, stepMs: number, tally: Tally): void {
+  const slots = new Map<string, UsageSlot>();
   for (let i = 0; i < n; i++) {
     clock.ms += randomInt(rand, 0, stepMs);
     const kind = pick(rand, CODES);
     const cost = randomInt(rand, 0, 5);
     const user = `user-${randomInt(rand, 1, 6)}`;
     const key = rand() < 0.5 ? null : `key-${user}`;
-    recorder.record(outcome(user, user.endsWith('1') ? 'premium' : 'free', clock.ms, kind.code, kind.limitedBy), cost, key);
+    if (!slots.has(user) || rand() < 0.05) slots.set(user, { usage: null });
+    const decided = outcome(user, user.endsWith('1') ? 'premium' : 'free', clock.ms, kind.code, kind.limitedBy);
+    if (rand() < 0.7) decided.entry = slots.get(user)!;
+    recorder.record(decided, cost, key);
     tally.requests++;
     for (const c of kind.counters) tally[c]++;
     if (kind.counters.includes('allowed')) {
@@ -219,6 +229,33 @@ describe.each(DATABASE_BACKENDS)('usage history on $name', (backend) => {
     await r.stop();
     expect(await minutesWritten()).toEqual([[0, 1], [MINUTE_MS, 2]]);
     expect(r.bufferedRows).toBe(0);
+  });
+
+  it('a decision that brings the user\'s entry adds to the row the entry points at; a written row is unhooked and never added to again', async () => {
+    const r = new UsageRecorder({ db, clock: () => clock.ms, logger, metrics: new CountingMetrics(), maxRows: 1000, holdOpenMinute: true });
+    const minute = Date.UTC(2026, 2, 10, 9, 0);
+    const slot: UsageSlot = { usage: null };
+    const withEntry = (ms: number) => ({ ...outcome('slotted', 'free', ms, 'OK'), entry: slot });
+    clock.ms = minute + 1000;
+    r.record(withEntry(clock.ms), 1, null);
+    const first = slot.usage;
+    expect(first).not.toBeNull();
+    r.record(withEntry(clock.ms), 1, null);
+    r.record(outcome('slotted', 'free', clock.ms, 'OK'), 1, null); // without the entry: the same row, found by id
+    expect(slot.usage).toBe(first);
+    expect(r.bufferedRows).toBe(1);
+    // The minute ends and is written: the entry no longer holds the written row.
+    clock.ms = minute + MINUTE_MS + 1000;
+    expect(await r.flush()).toBe(true);
+    expect(slot.usage).toBeNull();
+    expect(r.bufferedRows).toBe(0);
+    // A stale pointer (an entry that kept the row, e.g. one evicted and revived) is not added to either.
+    const stale: UsageSlot = { usage: first };
+    r.record({ ...outcome('slotted', 'free', minute + 2000, 'OK'), entry: stale }, 1, null);
+    expect(stale.usage).not.toBe(first);
+    await r.stop();
+    const rows = await db.query('SELECT bucket, requests::int AS n FROM usage_minute ORDER BY bucket');
+    expect(rows.rows.map((row) => row.n)).toEqual([4]);
   });
 
   it('a spread writes an ended minute in equal parts over the flushes before its deadline, oldest rows first', async () => {

@@ -19,9 +19,10 @@
  */
 import type { CheckOutcome } from '../node/decider.js';
 import type { Decision } from '../node/engine.js';
+import type { UsageSlot } from '../node/shard.js';
 import type { Logger } from '../observability/logger.js';
 import type { Database, Queryable } from '../storage/db/database.js';
-import { COUNTERS, DAY_MS, HOUR_MS, INDEX, MINUTE_MS, addCounts, newCounts, type UsageRow } from './usage-row.js';
+import { COUNTERS, DAY_MS, HOUR_MS, INDEX, MINUTE_MS, addCounts, countsOf, type UsageRow } from './usage-row.js';
 
 export interface RecorderMetrics {
   buffered(rows: number): void;
@@ -52,23 +53,6 @@ export interface UsageRecorderOptions {
   flushIntervalMs?: number;
 }
 
-const DENIED_BY_CODE: Record<string, number> = {
-  RATE_LIMITED: INDEX.denied_rate_limited,
-  QUOTA_EXCEEDED: INDEX.denied_quota,
-  INVALID_KEY: INDEX.denied_key,
-  KEY_EXPIRED: INDEX.denied_key,
-  KEY_REVOKED: INDEX.denied_key,
-  KEY_STORE_UNAVAILABLE: INDEX.denied_key,
-  USER_DISABLED: INDEX.denied_disabled,
-  UNAVAILABLE: INDEX.denied_unavailable,
-};
-const LIMITED_BY: Record<string, number> = {
-  burst: INDEX.limited_burst,
-  minute: INDEX.limited_minute,
-  hour: INDEX.limited_hour,
-  day: INDEX.limited_day,
-};
-
 /**
  * Rows per statement. A batch fits one statement unless the database was away for long;
  * statements of one batch run in one transaction.
@@ -86,14 +70,23 @@ function beyondQuota(d: Decision, cost: number): number {
   return Math.min(cost, Math.max(0, d.quotaUsed - quota));
 }
 
+/** A row while it is buffered: whether it still is, and the slot that points at it. */
+interface BufferedRow extends UsageRow {
+  /** False once the row left the buffer (taken by a flush, or dropped): a slot or `latest` still pointing at it must not add to it. */
+  live: boolean;
+  /** The user's shard entry whose `usage` points at this row, unhooked when the row leaves the buffer (so no entry keeps a written row alive). */
+  slot: UsageSlot | null;
+}
+
 export class UsageRecorder {
-  private rows = new Map<string, UsageRow>();
+  private rows = new Map<string, BufferedRow>();
   /**
-   * Each user's most recent row, by user id alone: the common case (same minute, key and
-   * tier as the user's previous decision) then needs no composite key. Only rows still in
-   * `rows` are here.
+   * Each user's most recent row, by user id alone, for decisions made without the user's
+   * shard entry at hand (forwarded, in Redis, by the fallback policy): the common case
+   * (same minute, key and tier as the user's previous decision) then needs no composite
+   * key. Only rows still in `rows` are here.
    */
-  private latest = new Map<string, UsageRow>();
+  private latest = new Map<string, BufferedRow>();
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<boolean> | null = null;
   private droppedRequests = 0;
@@ -103,36 +96,83 @@ export class UsageRecorder {
     this.intervalMs = options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS;
   }
 
-  /** Adds one decision. Called once per decision on the request path. */
+  /**
+   * Adds one decision. Called once per decision on the request path. A decision made on
+   * this worker's own counters brings the user's shard entry (`outcome.entry`), which
+   * points at the user's current row: no lookup by user id at all (the lookups were most
+   * of recording's cost: cache misses on a table of every active user).
+   */
   record(outcome: CheckOutcome, cost: number, keyId: string | null): void {
     const d = outcome.decision;
     const bucket = d.now - (d.now % MINUTE_MS);
     const key = keyId ?? '';
-    let row = this.latest.get(outcome.userId);
-    if (row === undefined || row.bucket !== bucket || row.keyId !== key || row.tier !== outcome.tier) {
-      const id = rowId(bucket, outcome.userId, key, outcome.tier);
-      row = this.rows.get(id);
-      if (row === undefined) {
-        if (this.rows.size >= this.options.maxRows) this.dropOldest();
-        row = { bucket, userId: outcome.userId, keyId: key, tier: outcome.tier, counts: newCounts() };
-        this.rows.set(id, row);
+    const slot = outcome.entry;
+    let row = slot === undefined ? this.latest.get(outcome.userId) : (slot.usage as BufferedRow | null) ?? undefined;
+    if (row === undefined || !row.live || row.bucket !== bucket || row.keyId !== key || row.tier !== outcome.tier) {
+      row = this.rowFor(bucket, outcome.userId, key, outcome.tier);
+      if (slot === undefined) {
+        this.latest.set(outcome.userId, row);
+      } else {
+        if (row.slot !== null && row.slot !== slot && row.slot.usage === row) row.slot.usage = null;
+        slot.usage = row;
+        row.slot = slot;
       }
-      this.latest.set(outcome.userId, row);
     }
-    const c = row.counts;
-    c[INDEX.requests]!++;
+    row.requests++;
     if (d.allowed) {
-      c[INDEX.allowed]!++;
-      c[INDEX.cost]! += cost;
-      if (d.code === 'OVERAGE') c[INDEX.overage]! += beyondQuota(d, cost);
-      else if (d.code === 'GRACE') c[INDEX.grace]! += beyondQuota(d, cost);
-    } else {
-      c[INDEX.denied]!++;
-      const byCode = DENIED_BY_CODE[d.code];
-      if (byCode !== undefined) c[byCode]!++;
-      const byLimit = d.limitedBy === null ? undefined : LIMITED_BY[d.limitedBy];
-      if (byLimit !== undefined) c[byLimit]!++;
+      row.allowed++;
+      row.cost += cost;
+      if (d.code === 'OVERAGE') row.overage += beyondQuota(d, cost);
+      else if (d.code === 'GRACE') row.grace += beyondQuota(d, cost);
+      return;
     }
+    row.denied++;
+    switch (d.code) {
+      case 'RATE_LIMITED':
+        row.denied_rate_limited++;
+        break;
+      case 'QUOTA_EXCEEDED':
+        row.denied_quota++;
+        break;
+      case 'INVALID_KEY':
+      case 'KEY_EXPIRED':
+      case 'KEY_REVOKED':
+      case 'KEY_STORE_UNAVAILABLE':
+        row.denied_key++;
+        break;
+      case 'USER_DISABLED':
+        row.denied_disabled++;
+        break;
+      case 'UNAVAILABLE':
+        row.denied_unavailable++;
+        break;
+    }
+    switch (d.limitedBy) {
+      case 'burst':
+        row.limited_burst++;
+        break;
+      case 'minute':
+        row.limited_minute++;
+        break;
+      case 'hour':
+        row.limited_hour++;
+        break;
+      case 'day':
+        row.limited_day++;
+        break;
+    }
+  }
+
+  /** The buffered row of that minute, user, key and tier, made if there is none. */
+  private rowFor(bucket: number, userId: string, keyId: string, tier: string): BufferedRow {
+    const id = rowId(bucket, userId, keyId, tier);
+    let row = this.rows.get(id);
+    if (row === undefined) {
+      if (this.rows.size >= this.options.maxRows) this.dropOldest();
+      row = newRow(bucket, userId, keyId, tier);
+      this.rows.set(id, row);
+    }
+    return row;
   }
 
   get bufferedRows(): number {
@@ -173,11 +213,12 @@ export class UsageRecorder {
     const now = clock();
     this.report(now);
     if (this.rows.size === 0) return true;
-    let batch: Map<string, UsageRow>;
+    let batch: Map<string, BufferedRow>;
     if (all || this.options.holdOpenMinute !== true || this.rows.size * 2 >= this.options.maxRows) {
       batch = this.rows;
       this.rows = new Map();
       this.latest = new Map();
+      for (const row of batch.values()) release(row);
     } else {
       batch = this.takeEnded(now);
       if (batch.size === 0) return true;
@@ -193,8 +234,11 @@ export class UsageRecorder {
       // Put the batch back in front of what came since (counters add up), within the bound.
       for (const [id, row] of batch) {
         const newer = this.rows.get(id);
-        if (newer) addCounts(newer.counts, row.counts);
-        else this.rows.set(id, row);
+        if (newer) addCounts(newer, row);
+        else {
+          row.live = true;
+          this.rows.set(id, row);
+        }
       }
       while (this.rows.size > this.options.maxRows) this.dropOldest();
       metrics.flushed(false);
@@ -209,7 +253,7 @@ export class UsageRecorder {
    * flush's equal share of what is left before the oldest ended minute's deadline (oldest
    * rows first: the map holds rows in the order they were made).
    */
-  private takeEnded(now: number): Map<string, UsageRow> {
+  private takeEnded(now: number): Map<string, BufferedRow> {
     const openMinute = now - (now % MINUTE_MS);
     let ended = 0;
     let oldest = openMinute;
@@ -221,7 +265,7 @@ export class UsageRecorder {
     const deadline = oldest + MINUTE_MS + (this.options.spreadMs ?? 0);
     const flushesLeft = now >= deadline ? 1 : Math.floor((deadline - now) / this.intervalMs) + 1;
     const share = Math.ceil(ended / flushesLeft);
-    const batch = new Map<string, UsageRow>();
+    const batch = new Map<string, BufferedRow>();
     for (const [id, row] of this.rows) {
       if (batch.size >= share) break;
       if (row.bucket >= openMinute) continue;
@@ -232,8 +276,10 @@ export class UsageRecorder {
     return batch;
   }
 
-  private forget(row: UsageRow): void {
+  /** The row has left the buffer: no slot or `latest` entry may lead to it any more. */
+  private forget(row: BufferedRow): void {
     if (this.latest.get(row.userId) === row) this.latest.delete(row.userId);
+    release(row);
   }
 
   /** Drops the oldest bucket's rows (counted), to stay within the bound. */
@@ -244,7 +290,7 @@ export class UsageRecorder {
       if (row.bucket !== oldest) continue;
       this.rows.delete(id);
       this.forget(row);
-      const requests = row.counts[INDEX.requests]!;
+      const requests = row.requests;
       this.droppedRequests += requests;
       this.options.metrics.dropped(requests);
     }
@@ -256,6 +302,23 @@ export class UsageRecorder {
     this.options.metrics.buffered(this.rows.size);
     this.options.metrics.lagSeconds(this.rows.size === 0 ? 0 : Math.max(0, now - oldest) / 1000);
   }
+}
+
+/** A new row, every field written out (rows share one hidden class). */
+function newRow(bucket: number, userId: string, keyId: string, tier: string): BufferedRow {
+  return {
+    bucket, userId, keyId, tier, live: true, slot: null,
+    requests: 0, allowed: 0, denied: 0, cost: 0, overage: 0, grace: 0,
+    denied_rate_limited: 0, denied_quota: 0, denied_key: 0, denied_disabled: 0, denied_unavailable: 0,
+    limited_burst: 0, limited_minute: 0, limited_hour: 0, limited_day: 0,
+  };
+}
+
+/** Marks a row as out of the buffer and unhooks it from its slot. */
+function release(row: BufferedRow): void {
+  row.live = false;
+  if (row.slot !== null && row.slot.usage === row) row.slot.usage = null;
+  row.slot = null;
 }
 
 function rowId(bucket: number, userId: string, keyId: string, tier: string): string {
@@ -316,7 +379,7 @@ async function writeRows(tx: Queryable, rows: UsageRow[]): Promise<void> {
   for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) {
     const chunk = rows
       .slice(start, start + ROWS_PER_STATEMENT)
-      .map((row) => ({ b: row.bucket, u: row.userId, k: row.keyId, t: row.tier, c: row.counts }));
+      .map((row) => ({ b: row.bucket, u: row.userId, k: row.keyId, t: row.tier, c: countsOf(row) }));
     await tx.query(WRITE_SQL, [JSON.stringify(chunk)]);
   }
 }

@@ -39,21 +39,25 @@ export interface UsageKey {
   tier: string;
 }
 
-export interface UsageRow extends UsageKey {
-  /** A plain array, not a typed one: a row per user and minute is made on the request path, and small typed arrays cost the GC an off-heap buffer each. */
-  counts: number[];
-}
+/** One value per counter. */
+export type Counts = Record<Counter, number>;
+
+/**
+ * A key and its counters as fields of one object, not an array beside it: recording a
+ * decision then touches one object (a row per user and minute is made on the request
+ * path, and every object more is one more cache miss per decision).
+ */
+export interface UsageRow extends UsageKey, Counts {}
 
 export const MINUTE_MS = 60_000;
 export const HOUR_MS = 3_600_000;
 export const DAY_MS = 86_400_000;
 
-const ZEROS: readonly number[] = COUNTERS.map(() => 0);
-
-export function newCounts(): number[] {
-  return ZEROS.slice();
+export function addCounts(into: Counts, from: Counts): void {
+  for (const c of COUNTERS) into[c] += from[c];
 }
 
-export function addCounts(into: number[], from: readonly number[]): void {
-  for (let i = 0; i < into.length; i++) into[i]! += from[i]!;
+/** The counters in COUNTERS order. */
+export function countsOf(row: Counts): number[] {
+  return COUNTERS.map((c) => row[c]);
 }

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { DecisionMode, FallbackPolicy } from '../config/types.js';
 import { decide, newUserState, windowStart, type Decision, type DecisionCode } from './engine.js';
 import type { EffectiveLimits } from './limits.js';
-import { newEntry, type Shard, type ShardEntry } from './shard.js';
+import { newEntry, type Shard, type ShardEntry, type UsageSlot } from './shard.js';
 import type { UserLimits, UserLimitsResult } from '../accounts/user-limits.js';
 import type { DecisionPath, Metrics } from '../observability/metrics.js';
 import type { DecisionSli } from '../observability/sli.js';
@@ -38,6 +38,8 @@ export interface CheckOutcome {
   state?: StateSource;
   /** The limits the receiving worker resolved for the user (for the response headers). */
   limits?: EffectiveLimits;
+  /** For decisions on this worker's own counters: the user's entry, where usage recording keeps the user's current row. */
+  entry?: UsageSlot;
 }
 
 export interface RedisTier {
@@ -212,7 +214,7 @@ export class Decider {
     const entry = shard.get(input.userId);
     if (entry !== undefined && (entry.epoch === shard.epoch || this.deps.reconciler === null)) {
       const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
-      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory' }, started, count, input);
+      return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: 'memory', entry }, started, count, input);
     }
     if (entry === undefined && this.deps.redis === null) {
       const decision = shard.decide(input.userId, limits, input.cost, now);
@@ -240,7 +242,7 @@ export class Decider {
       shard.insert(input.userId, entry);
     }
     const decision = shard.decideOn(input.userId, entry, limits, input.cost, now);
-    return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: source }, started, count, input);
+    return this.finish({ userId: input.userId, tier: limits.tier, limits, decision, path: 'local', state: source, entry }, started, count, input);
   }
 
   /** Re-reads an entry from an older epoch: flush its changes, adopt what others added. */

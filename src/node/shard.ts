@@ -2,11 +2,16 @@ import { LRUCache } from 'lru-cache';
 import { decide, newUserState, type Decision, type UserState } from './engine.js';
 import type { EffectiveLimits } from './limits.js';
 
+/** Where the usage recorder keeps a pointer to the user's current usage row (opaque here). */
+export interface UsageSlot {
+  usage: object | null;
+}
+
 /**
  * A user's counters in memory plus what the write-behind reconciler needs to know
  * about them. Without Redis only the `UserState` part is used.
  */
-export interface ShardEntry extends UserState {
+export interface ShardEntry extends UserState, UsageSlot {
   /** The limits of the last decision (the reconciler needs R and the window lengths). */
   limits: EffectiveLimits;
   /** Bucket version last seen in Redis; -1 if never (a fresh start without Redis). */
@@ -55,6 +60,7 @@ export function newEntry(limits: EffectiveLimits, state: UserState = newUserStat
     graceDirty: false,
     dirtySince: 0,
     epoch,
+    usage: null,
   };
 }
 
