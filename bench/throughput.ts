@@ -28,6 +28,11 @@ interface TargetSpec {
   minSeconds?: number;
   /** Read once after the last round, printed under the table. */
   report?: (target: Target) => Promise<string>;
+  /**
+   * Start each loaded window (and the warm-up) at a set point of the wall-clock minute,
+   * for a target whose costs follow the minute (see the usage analytics spec).
+   */
+  minuteAligned?: boolean;
 }
 
 const CEILING = 'fastify hello-world, 1 process';
@@ -68,6 +73,15 @@ async function forwardingReport(target: Target): Promise<string> {
   );
 }
 
+/** Waits until the wall clock's second of the minute is in [from, to). */
+async function untilSecondOfMinute(from: number, to: number): Promise<void> {
+  const second = () => (Date.now() % 60_000) / 1000;
+  while (second() < from || second() >= to) {
+    const wait = (from - second() + 60) % 60;
+    await new Promise((resolve) => setTimeout(resolve, Math.max(50, Math.min(wait * 1000, 1000))));
+  }
+}
+
 /** The targets of one run; the first is the ceiling. */
 function targets(redis: RedisProcess): TargetSpec[] {
   const node = (name: string, env: Record<string, string> = {}) => () => startOurNode(name, { RATE_LIMITING_WORKERS: '1', ...env });
@@ -101,15 +115,22 @@ function targets(redis: RedisProcess): TargetSpec[] {
     { name: BY_KEY, start: () => startNodeWithAccounts(BY_KEY, STORED_USERS, 'api_key', { RATE_LIMITING_WORKERS: '1' }), versus: BY_USER, bar: 0.9 },
     { name: ANALYTICS_OFF, start: node(ANALYTICS_OFF, { USAGE_ANALYTICS_ENABLED: 'false' }), probe: usageRows, minSeconds: USAGE_WINDOW_SECONDS },
     {
-      // Each window pays for about one minute of usage rows (written over the 50 s after
-      // the minute ends), as under continuous load; shorter windows would leave the
-      // writes to when other targets are loaded.
+      // Usage rows are written in the 50 s after their minute ends (the default spread), so
+      // what a window pays for depends on where in the minute it starts. Each window starts
+      // 2-8 s before a minute ends: the rows of that minute (every user has checked by then)
+      // are written entirely inside the window, exactly one minute's rows for its 60 s of
+      // load, as under continuous load; the rows of the next minute are written in the
+      // 60 s after it, while the targets after it are loaded (in a focused run the ceiling,
+      // never the reference, which comes after the ceiling). Unaligned, a window paid for about 0.6 of a minute's rows on average
+      // and its reference for 0.4 of one (writes spilling two windows on), which flattered
+      // recording. The warm-up ends before a minute ends, for the same reason.
       name: ANALYTICS_ON,
       start: node(ANALYTICS_ON, { USAGE_ANALYTICS_ENABLED: 'true', USAGE_FLUSH_INTERVAL_MS: '5000' }),
       minSeconds: USAGE_WINDOW_SECONDS,
       versus: ANALYTICS_OFF,
       bar: 0.95,
       probe: usageRows,
+      minuteAligned: true,
     },
     { name: NODE_2, start: node(NODE_2, { RATE_LIMITING_WORKERS: '2', ...(process.env.BENCH_NODE_ENV ? JSON.parse(process.env.BENCH_NODE_ENV) : {}) }), versus: CEILING_2, bar: 0.7, report: forwardingReport },
   ];
@@ -145,11 +166,15 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
         url: target.url, path: target.path, connections: options.connections, users: options.users, durationSeconds: seconds,
         ...(target.bodies ? { bodies: target.bodies } : {}),
       });
-    for (const { target } of started) await load(target, options.warmupSeconds);
+    for (const [index, { target }] of started.entries()) {
+      if (specs[index]!.minuteAligned) await untilSecondOfMinute(45, 55);
+      await load(target, options.warmupSeconds);
+    }
     for (let round = 1; round <= options.rounds; round++) {
       const line: string[] = [];
       for (const [index, { name, target }] of started.entries()) {
         const probe = specs[index]!.probe;
+        if (specs[index]!.minuteAligned) await untilSecondOfMinute(52, 58);
         const samples = probes.get(name) ?? [];
         probes.set(name, samples);
         const sampler = probe ? setInterval(() => void probe.read(target).then((v) => samples.push(v), () => undefined), 250) : null;
@@ -222,7 +247,7 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
       `Load: ${generator} (1 thread) in its own process, ${options.connections} keep-alive connections, ` +
       `${options.users} distinct users, POST bodies of the same shape to every target. ${options.warmupSeconds} s warm-up per target, then ` +
       `${options.rounds} rounds of ${options.durationSeconds} s per target (the usage analytics pair and write-behind ${USAGE_WINDOW_SECONDS} s: ` +
-      `usage rows are written after their minute ends, and what a node does once a minute must fall in both sides' windows alike), visited in turn; ratios are the median of the per-round ratios. CPU µs/check: the CPU time of ` +
+      `usage rows are written after their minute ends, and what a node does once a minute must fall in both sides' windows alike; each window with usage recording starts 2-8 s before a wall-clock minute ends, so it pays for exactly one minute's rows), visited in turn; ratios are the median of the per-round ratios. CPU µs/check: the CPU time of ` +
       `all the server's processes while it was loaded, per check answered; the CPU ratio is the reference's over the target's. A bar ` +
       `must be reached by both ratios. Redis's CPU is in neither CPU figure (it is given under the table).`,
     rows,
