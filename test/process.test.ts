@@ -1,9 +1,11 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { postJson, startNodeProcess, type NodeProcess } from './helpers/node-process.js';
+import { freePort } from './helpers/ports.js';
 
 const started: NodeProcess[] = [];
 afterEach(async () => {
@@ -76,6 +78,23 @@ describe('the node process (npm start)', () => {
     const stopping = Date.now();
     expect(await node.stop()).toBe(0);
     expect(Date.now() - stopping).toBeLessThan(5000);
+  });
+
+  it('starts both workers when a derived peer port is taken (siblings talk over unix sockets)', async () => {
+    const port = await freePort();
+    // Something else holds worker 1's derived peer port (API port + 1000 + 1).
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(port + 1001, '127.0.0.1', resolve));
+    try {
+      const node = await startBothWorkers({ RATE_LIMITING_API_PORT: String(port) });
+      expect(node.output()).toMatch(/peer port taken; using one the OS picks/);
+      expect(node.workerPids()).toHaveLength(2);
+      const modes = new Set<string>();
+      for (let i = 0; i < 40; i++) modes.add((await postJson(`${node.url}/rate-limiting/check`, { user_id: `taken-${i}` })).body.mode as string);
+      expect(modes).toEqual(new Set(['local', 'forwarded']));
+    } finally {
+      await new Promise((resolve) => holder.close(resolve));
+    }
   });
 
   it('keeps its unix sockets (workers, embedded database) in a directory of its own, and removes those of nodes killed outright', async () => {

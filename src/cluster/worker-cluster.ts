@@ -110,12 +110,17 @@ export class WorkerCluster {
     const host = advertiseHost(config);
     const peerPort = config.service.port + config.cluster.peer_port_offset + workerIndex;
     const dynamic = config.cluster.peers === '' && redis !== null;
+    // Only static peers reach a worker at its derived port. With membership in Redis the
+    // port is advertised; a node alone (no Redis, no peers) is reached by its siblings on
+    // unix sockets. Either way a taken port (another process, or an outgoing connection's
+    // ephemeral port) must not keep the worker from starting: the OS picks another.
+    const alone = config.cluster.peers === '' && redis === null && options.siblingSocketDir !== undefined;
 
     let view: ClusterView | null = null;
     const server = await startPeerServer({
       host: config.service.host,
       port: peerPort,
-      fallbackToFreePort: dynamic,
+      fallbackToFreePort: dynamic || alone,
       secret,
       logger: log,
       ...(options.siblingSocketDir !== undefined ? { unixPath: siblingSocketPath(options.siblingSocketDir, workerIndex) } : {}),
