@@ -119,11 +119,12 @@ function targets(redis: RedisProcess): TargetSpec[] {
       // what a window pays for depends on where in the minute it starts. Each window starts
       // 2-8 s before a minute ends: the rows of that minute (every user has checked by then)
       // are written entirely inside the window, exactly one minute's rows for its 60 s of
-      // load, as under continuous load; the rows of the next minute are written in the
-      // 60 s after it, while the targets after it are loaded (in a focused run the ceiling,
-      // never the reference, which comes after the ceiling). Unaligned, a window paid for about 0.6 of a minute's rows on average
-      // and its reference for 0.4 of one (writes spilling two windows on), which flattered
-      // recording. The warm-up ends before a minute ends, for the same reason.
+      // load, as under continuous load; the rows of the next minute are written in the 60 s
+      // after it, while the targets after it are loaded (in a focused run the ceiling; never
+      // the reference, which comes after the ceiling). Unaligned, a window paid for about 0.6
+      // of a minute's rows on average and its reference, two windows on, for about 0.4
+      // (worked out from this schedule, not measured), which flattered recording. The
+      // warm-up ends before a minute ends, for the same reason.
       name: ANALYTICS_ON,
       start: node(ANALYTICS_ON, { USAGE_ANALYTICS_ENABLED: 'true', USAGE_FLUSH_INTERVAL_MS: '5000' }),
       minSeconds: USAGE_WINDOW_SECONDS,

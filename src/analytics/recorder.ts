@@ -1,6 +1,6 @@
 /**
  * Usage recording without slowing decisions: every decision adds to an in-memory
- * aggregate per minute, user, key and tier (a map lookup and a few increments), and every
+ * aggregate per minute, user, key and tier (the user's current row and a few increments), and every
  * few seconds the aggregates are written with additive upserts to usage_minute,
  * usage_hour and usage_day in one statement, so any number of workers and nodes can
  * write the same rows and the hour and day rows always equal the sum of their minutes.
@@ -113,7 +113,7 @@ export class UsageRecorder {
       if (slot === undefined) {
         this.latest.set(outcome.userId, row);
       } else {
-        if (row.slot !== null && row.slot !== slot && row.slot.usage === row) row.slot.usage = null;
+        if (row.slot !== slot) unhook(row);
         slot.usage = row;
         row.slot = slot;
       }
@@ -317,6 +317,11 @@ function newRow(bucket: number, userId: string, keyId: string, tier: string): Bu
 /** Marks a row as out of the buffer and unhooks it from its slot. */
 function release(row: BufferedRow): void {
   row.live = false;
+  unhook(row);
+}
+
+/** The slot that points at the row (if it still does) no longer does. */
+function unhook(row: BufferedRow): void {
   if (row.slot !== null && row.slot.usage === row) row.slot.usage = null;
   row.slot = null;
 }
