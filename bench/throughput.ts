@@ -38,6 +38,7 @@ interface TargetSpec {
 const CEILING = 'fastify hello-world, 1 process';
 const CEILING_2 = 'fastify hello-world, 2 workers';
 const SAME_BYTES = "fastify hello-world answering a check's bytes";
+const SAME_BYTES_2 = "fastify hello-world answering a check's bytes, 2 workers";
 const LOCAL = 'check, local mode, no Redis';
 const LOCAL_REDIS = 'check, local mode + Redis write-behind (no usage recording)';
 const REDIS_MODE = 'check, redis mode (Redis per decision)';
@@ -95,6 +96,9 @@ function targets(redis: RedisProcess): TargetSpec[] {
     // What serving the check's response costs without deciding anything: the headroom left
     // for any limiter that answers the contracted body and headers.
     { name: SAME_BYTES, start: () => startHello(1, true) },
+    // The same for the 2-worker node: what the contracted answer alone leaves of the
+    // 2-worker hello-world, before anything is decided or forwarded.
+    { name: SAME_BYTES_2, start: () => startHello(2, true), versus: CEILING_2 },
     { name: LOCAL, start: node(LOCAL), bar: 0.85, probe: syncLag },
     // Compared with the same node without Redis. Usage analytics is off on both sides: each
     // node's usage writes (about half a second of PGlite CPU a minute for 10 000 users)
@@ -150,6 +154,7 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
   const wanted = all.filter((t) => options.only === undefined || t.name.includes(options.only));
   const needed = new Set([CEILING, ...wanted.map((t) => t.name), ...wanted.map((t) => t.versus ?? CEILING)]);
   if (needed.has(LOCAL)) needed.add(SAME_BYTES);
+  if (needed.has(NODE_2)) needed.add(SAME_BYTES_2);
   const specs = all.filter((t) => needed.has(t.name));
   const started: Array<{ name: string; target: Target }> = [];
   const runs = new Map<string, LoadResult[]>();
@@ -233,11 +238,12 @@ export async function throughput(options: ThroughputOptions): Promise<boolean> {
     const checks = runs.get(name)?.reduce((sum, r) => sum + r.total, 0);
     if (checks) notes.push(`${name}: redis-server's own CPU while it was loaded: ${(redisCpu.get(name)! / checks).toFixed(2)} µs per check (on the same cores)`);
   }
-  const sameBytes = runs.get(SAME_BYTES);
-  const local = runs.get(LOCAL);
-  if (sameBytes && local) {
-    const ratio = median(local.map((r, i) => r.requestsPerSecond / sameBytes[i]!.requestsPerSecond));
-    notes.push(`${LOCAL} vs ${SAME_BYTES} (the same response body and headers, nothing decided): ${ratio.toFixed(2)}`);
+  for (const [name, bytesOnly] of [[LOCAL, SAME_BYTES], [NODE_2, SAME_BYTES_2]] as const) {
+    const ours = runs.get(name);
+    const theirs = runs.get(bytesOnly);
+    if (!ours || !theirs) continue;
+    const ratio = median(ours.map((r, i) => r.requestsPerSecond / theirs[i]!.requestsPerSecond));
+    notes.push(`${name} vs ${bytesOnly} (the same response body and headers, nothing decided): ${ratio.toFixed(2)}`);
   }
   const command = `npm run bench -- throughput --duration ${options.durationSeconds} --rounds ${options.rounds} --connections ${options.connections}${options.only === undefined ? '' : ` --only ${options.only}`}`;
   console.log(`\n${table(rows)}\n${notes.join('\n')}\n`);

@@ -92,6 +92,22 @@ describe('the node process (npm start)', () => {
       const modes = new Set<string>();
       for (let i = 0; i < 40; i++) modes.add((await postJson(`${node.url}/rate-limiting/check`, { user_id: `taken-${i}` })).body.mode as string);
       expect(modes).toEqual(new Set(['local', 'forwarded']));
+      // The status shows where each worker is really reached, not the derived port: each
+      // worker's own bound address, and its sibling's unix socket.
+      const views = new Map<string, Array<{ id: string; address: string; self: boolean }>>();
+      for (let i = 0; i < 40 && views.size < 2; i++) {
+        const res = await fetch(`${node.url}/rate-limiting/status`, { headers: { connection: 'close' } });
+        const body = (await res.json()) as { cluster: { self: string; members: Array<{ id: string; address: string; self: boolean }> } };
+        views.set(body.cluster.self, body.cluster.members);
+      }
+      expect(views.size).toBe(2);
+      for (const members of views.values()) {
+        expect(members).toHaveLength(2);
+        for (const m of members) {
+          expect(m.address).not.toBe(`127.0.0.1:${port + 1001}`);
+          expect(m.address).toMatch(m.self ? /^127\.0\.0\.1:\d+$/ : /^unix:.*peer-[01]\.sock$/);
+        }
+      }
     } finally {
       await new Promise((resolve) => holder.close(resolve));
     }

@@ -156,10 +156,13 @@ export class ClusterView {
   status(): Array<{ id: string; address: string; self: boolean; via: 'unix' | 'tcp' | null; suspected: boolean; suspected_since: number | null }> {
     return this.ring.members.map((m) => {
       const peer = this.peers.get(m.id);
+      const self = m.id === this.options.self.id;
       return {
         id: m.id,
-        address: m.address,
-        self: m.id === this.options.self.id,
+        // Where this worker reaches the member: its own bound address (a node alone may have
+        // let the OS pick the port), a sibling's unix socket, or the address peers gave.
+        address: self ? this.options.self.address : (peer?.client.address ?? m.address),
+        self,
         via: peer === undefined ? null : peer.client.address.startsWith('unix:') ? 'unix' : 'tcp',
         suspected: peer !== undefined && peer.suspectedSince !== null,
         suspected_since: peer?.suspectedSince ?? null,
