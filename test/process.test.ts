@@ -81,10 +81,20 @@ describe('the node process (npm start)', () => {
   });
 
   it('starts both workers when a derived peer port is taken (siblings talk over unix sockets)', async () => {
-    const port = await freePort();
-    // Something else holds worker 1's derived peer port (API port + 1000 + 1).
+    // Something else holds worker 1's derived peer port (API port + 1000 + 1); an API port
+    // whose derived port some other process holds already is passed over.
     const holder = createServer();
-    await new Promise<void>((resolve) => holder.listen(port + 1001, '127.0.0.1', resolve));
+    let port = 0;
+    for (let attempt = 0; attempt < 20 && port === 0; attempt++) {
+      const candidate = await freePort();
+      const held = await new Promise<boolean>((resolve) => {
+        holder.once('error', () => resolve(false));
+        holder.listen(candidate + 1001, '127.0.0.1', () => resolve(true));
+      });
+      holder.removeAllListeners('error');
+      if (held) port = candidate;
+    }
+    expect(port).toBeGreaterThan(0);
     try {
       const node = await startBothWorkers({ RATE_LIMITING_API_PORT: String(port) });
       expect(node.output()).toMatch(/peer port taken; using one the OS picks/);
