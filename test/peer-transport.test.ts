@@ -52,7 +52,7 @@ async function server(decide: (requests: PeerDecideRequest[]) => PeerAnswer[] | 
 }
 
 function client(port: number, options: Partial<ConstructorParameters<typeof PeerClient>[0]> = {}) {
-  const c = new PeerClient({ memberId: 'n/0', address: `127.0.0.1:${port}`, selfId: 'me/0', secret: SECRET, deadlineMs: 2000, batchLimit: 100, batchWaitUs: 0, ...options });
+  const c = new PeerClient({ memberId: 'n/0', address: `127.0.0.1:${port}`, selfId: 'me/0', secret: SECRET, deadlineMs: 2000, batchLimit: 100, batchWaitUs: 0, maxInFlight: 1, ...options });
   clients.push(c);
   return c;
 }
@@ -91,6 +91,64 @@ describe('peer transport (gRPC, batched)', () => {
     const c = client(port, { batchLimit: 16 });
     await Promise.all(Array.from({ length: 40 }, (_, i) => c.decide({ user_id: `u${i}`, tier: '', cost: 1 })));
     expect(batches).toEqual([16, 16, 8]);
+  });
+
+  it('holds checks back while a batch awaits its answer, then sends them as one batch', async () => {
+    // The owner answers the first batch only when told to.
+    let answerFirst: () => void = () => undefined;
+    const first = new Promise<void>((resolve) => (answerFirst = resolve));
+    const { port, batches } = await server(async (requests) => {
+      if (requests[0]!.user_id === 'first') await first;
+      return requests.map(result);
+    });
+    const turns = async (c: PeerClient): Promise<CheckOutcome[]> => {
+      const pending = [c.decide({ user_id: 'first', tier: '', cost: 1 })];
+      // Five more event-loop turns, six checks each, while the first batch is unanswered.
+      for (let turn = 0; turn < 5; turn++) {
+        await new Promise((r) => setTimeout(r, 20));
+        for (let i = 0; i < 6; i++) pending.push(c.decide({ user_id: `t${turn}-${i}`, tier: '', cost: 1 }));
+      }
+      await new Promise((r) => setTimeout(r, 20));
+      answerFirst();
+      return Promise.all(pending);
+    };
+    const answers = await turns(client(port));
+    expect(answers.map((a) => a.userId)).toEqual(['first', ...Array.from({ length: 30 }, (_, k) => `t${Math.floor(k / 6)}-${k % 6}`)]);
+    expect(batches).toEqual([1, 30]);
+  });
+
+  it('without an in-flight limit sends a batch every event-loop turn', async () => {
+    let answerFirst: () => void = () => undefined;
+    const first = new Promise<void>((resolve) => (answerFirst = resolve));
+    const { port, batches } = await server(async (requests) => {
+      if (requests[0]!.user_id === 'first') await first;
+      return requests.map(result);
+    });
+    const c = client(port, { maxInFlight: 0 });
+    const pending = [c.decide({ user_id: 'first', tier: '', cost: 1 })];
+    for (let turn = 0; turn < 3; turn++) {
+      await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 4; i++) pending.push(c.decide({ user_id: `t${turn}-${i}`, tier: '', cost: 1 }));
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    answerFirst();
+    await Promise.all(pending);
+    expect(batches).toEqual([1, 4, 4, 4]);
+  });
+
+  it('lets held checks go when the batch ahead of them fails, rather than waiting on a stuck peer', async () => {
+    // A stopped owner: nothing is ever answered.
+    const { port } = await server(() => new Promise<PeerAnswer[]>(() => undefined));
+    const c = client(port, { deadlineMs: 150 });
+    const started = Date.now();
+    const ahead = c.decide({ user_id: 'ahead', tier: '', cost: 1 });
+    await new Promise((r) => setTimeout(r, 20));
+    const held = Array.from({ length: 5 }, (_, i) => c.decide({ user_id: `held-${i}`, tier: '', cost: 1 }));
+    const settled = await Promise.allSettled([ahead, ...held]);
+    // Every check fails by the first batch's deadline (its callers then decide in Redis).
+    expect(settled.map((r) => r.status)).toEqual(Array(6).fill('rejected'));
+    expect(String((settled[0] as PromiseRejectedResult).reason)).toMatch(/deadline/);
+    expect(Date.now() - started).toBeLessThan(140 + 150);
   });
 
   it('fails every waiter of a batch on an error, a timeout or a wrong-length answer', async () => {

@@ -18,6 +18,8 @@ export interface ClusterViewOptions {
   deadlineMs: number;
   batchLimit: number;
   batchWaitUs: number;
+  /** Batches to one peer awaiting their answer at once (0: no limit). */
+  maxInFlight: number;
   /** How often suspected peers are asked whether they are back. */
   healthIntervalMs: number;
   ring: RingOptions;
@@ -101,6 +103,7 @@ export class ClusterView {
       deadlineMs: options.deadlineMs,
       batchLimit: options.batchLimit,
       batchWaitUs: options.batchWaitUs,
+      maxInFlight: options.maxInFlight,
       onBatch: (size) => options.metrics.observeForwardBatch(size),
     });
   }

@@ -32,6 +32,11 @@ export interface PeerClientOptions {
   batchLimit: number;
   /** How long the first queued check waits for company: 0 = until the current I/O turn ends (setImmediate). */
   batchWaitUs: number;
+  /**
+   * Batches awaiting their answer at once (0: no limit). At the limit, checks stay queued
+   * and go as one batch when an answer frees a slot (or the queue reaches the batch limit).
+   */
+  maxInFlight: number;
   /** Called with each batch's size as it is sent. */
   onBatch?: (size: number) => void;
 }
@@ -39,7 +44,10 @@ export interface PeerClientOptions {
 /**
  * One channel to one peer. Checks are queued and sent as one batch when the batch is
  * full or when a short timer armed by the first item fires (Gubernator's
- * peer_client.go). Batches travel over one long-lived bidirectional stream, matched to
+ * peer_client.go), unless `maxInFlight` batches already await their answers: then the
+ * queue grows until an answer arrives, so under load batches grow with the peer's
+ * round trip instead of a fixed wait (each batch costs both workers far more than each
+ * check in it). Batches travel over one long-lived bidirectional stream, matched to
  * their answers by id; every waiter of a batch fails together on an error, a missed
  * deadline or a wrong-length answer, and a failed stream is replaced by the next batch.
  */
@@ -97,6 +105,9 @@ export class PeerClient {
     this.armed = false;
     const waiters = this.queue;
     if (waiters.length === 0) return;
+    const { maxInFlight, batchLimit } = this.options;
+    // At the limit the queue waits for an answer (see release), unless it is full.
+    if (maxInFlight > 0 && this.inFlight.size >= maxInFlight && waiters.length < batchLimit) return;
     this.queue = [];
     this.options.onBatch?.(waiters.length);
     const id = this.nextId++;
@@ -124,6 +135,7 @@ export class PeerClient {
     if (batch === undefined) return;
     this.inFlight.delete(answer.id);
     clearTimeout(batch.timer);
+    this.release();
     const { waiters } = batch;
     const values = doublesOf(answer.values);
     const { tiers, errors } = answer;
@@ -146,6 +158,12 @@ export class PeerClient {
     this.inFlight.delete(id);
     clearTimeout(batch.timer);
     for (const w of batch.waiters) w.reject(err);
+    this.release();
+  }
+
+  /** A batch left the flight: checks held back by the in-flight limit go now. */
+  private release(): void {
+    if (this.queue.length > 0 && !this.armed && !this.closed) this.flush();
   }
 
   private failAll(err: Error): void {

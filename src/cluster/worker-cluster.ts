@@ -94,6 +94,7 @@ export class WorkerCluster {
       deadlineMs: WorkerCluster.forwardDeadlineMs(config),
       batchLimit: config.cluster.batch_limit,
       batchWaitUs: config.cluster.batch_wait_us,
+      maxInFlight: config.cluster.max_batches_in_flight,
       healthIntervalMs: config.cluster.health_interval_ms,
       ...(options.siblingSocketDir !== undefined ? { siblingSocket: (index: number) => siblingSocketPath(options.siblingSocketDir!, index) } : {}),
       ring: { vnodes: config.cluster.vnodes, cacheSize: Math.ceil(Math.min(config.limiter.max_users_in_memory, 1_000_000) / 2) },

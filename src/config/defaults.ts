@@ -35,7 +35,7 @@ export function defaultConfig(): DefaultConfig {
     admin: { token: '' },
     cluster: {
       peers: '', secret: '', advertise_host: '', peer_port_offset: 1000, heartbeat_ms: 1000, member_ttl_ms: 3000,
-      batch_limit: 1000, batch_wait_us: 0, vnodes: 160, health_interval_ms: 250,
+      batch_limit: 1000, batch_wait_us: 0, max_batches_in_flight: 1, vnodes: 160, health_interval_ms: 250,
     },
     limiter: { mode: 'local', fallback_policy: 'local', max_users_in_memory: 1_000_000, minute_ms: 60_000, hour_ms: 3_600_000, max_cost: 1_000_000 },
   };

@@ -121,6 +121,10 @@ export const FIXED_SECTIONS: Record<string, Record<string, FieldSpec>> = {
     member_ttl_ms: { type: 'int', min: 100, max: 600_000, env: 'CLUSTER_MEMBER_TTL_MS', doc: 'a member missing heartbeats this long leaves the ring' },
     batch_limit: { type: 'int', min: 1, max: 10_000, env: 'CLUSTER_BATCH_LIMIT', doc: 'most checks in one forwarded batch' },
     batch_wait_us: { type: 'int', min: 0, max: 100_000, env: 'CLUSTER_BATCH_WAIT_US', doc: 'how long a forwarded check waits for company; 0 = the current event-loop turn' },
+    max_batches_in_flight: {
+      type: 'int', min: 0, max: 10_000, env: 'CLUSTER_MAX_BATCHES_IN_FLIGHT',
+      doc: 'batches to one peer awaiting their answer at once; more checks queue and go as one batch when an answer arrives (0 = no limit)',
+    },
     vnodes: { type: 'int', min: 1, max: 10_000, env: 'CLUSTER_VNODES', doc: 'virtual nodes per ring member' },
     health_interval_ms: { type: 'int', min: 10, max: 60_000, env: 'CLUSTER_HEALTH_INTERVAL_MS', doc: 'how often suspected peers are probed' },
   },

@@ -102,6 +102,7 @@ export interface Config {
     member_ttl_ms: number;
     batch_limit: number;
     batch_wait_us: number;
+    max_batches_in_flight: number;
     vnodes: number;
     health_interval_ms: number;
   };
