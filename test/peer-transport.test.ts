@@ -57,6 +57,29 @@ function client(port: number, options: Partial<ConstructorParameters<typeof Peer
   return c;
 }
 
+/** An owner that answers the batch holding user `first` only once `answerFirst` is called. */
+async function gatedServer() {
+  let answerFirst: () => void = () => undefined;
+  const first = new Promise<void>((resolve) => (answerFirst = resolve));
+  const s = await server(async (requests) => {
+    if (requests[0]!.user_id === 'first') await first;
+    return requests.map(result);
+  });
+  return { ...s, answerFirst: () => answerFirst() };
+}
+
+/** Check `first`, then `turns` event-loop turns of `perTurn` checks while it is unanswered; then it is answered. */
+async function behindFirst(c: PeerClient, answerFirst: () => void, turns: number, perTurn: number): Promise<CheckOutcome[]> {
+  const pending = [c.decide({ user_id: 'first', tier: '', cost: 1 })];
+  for (let turn = 0; turn < turns; turn++) {
+    await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < perTurn; i++) pending.push(c.decide({ user_id: `t${turn}-${i}`, tier: '', cost: 1 }));
+  }
+  await new Promise((r) => setTimeout(r, 20));
+  answerFirst();
+  return Promise.all(pending);
+}
+
 describe('peer transport (gRPC, batched)', () => {
   it('sends the checks of one event-loop turn as one batch and answers each in order', async () => {
     const { port, batches } = await server(async (requests) => requests.map(result));
@@ -94,45 +117,15 @@ describe('peer transport (gRPC, batched)', () => {
   });
 
   it('holds checks back while a batch awaits its answer, then sends them as one batch', async () => {
-    // The owner answers the first batch only when told to.
-    let answerFirst: () => void = () => undefined;
-    const first = new Promise<void>((resolve) => (answerFirst = resolve));
-    const { port, batches } = await server(async (requests) => {
-      if (requests[0]!.user_id === 'first') await first;
-      return requests.map(result);
-    });
-    const turns = async (c: PeerClient): Promise<CheckOutcome[]> => {
-      const pending = [c.decide({ user_id: 'first', tier: '', cost: 1 })];
-      // Five more event-loop turns, six checks each, while the first batch is unanswered.
-      for (let turn = 0; turn < 5; turn++) {
-        await new Promise((r) => setTimeout(r, 20));
-        for (let i = 0; i < 6; i++) pending.push(c.decide({ user_id: `t${turn}-${i}`, tier: '', cost: 1 }));
-      }
-      await new Promise((r) => setTimeout(r, 20));
-      answerFirst();
-      return Promise.all(pending);
-    };
-    const answers = await turns(client(port));
+    const { port, batches, answerFirst } = await gatedServer();
+    const answers = await behindFirst(client(port), answerFirst, 5, 6);
     expect(answers.map((a) => a.userId)).toEqual(['first', ...Array.from({ length: 30 }, (_, k) => `t${Math.floor(k / 6)}-${k % 6}`)]);
     expect(batches).toEqual([1, 30]);
   });
 
   it('without an in-flight limit sends a batch every event-loop turn', async () => {
-    let answerFirst: () => void = () => undefined;
-    const first = new Promise<void>((resolve) => (answerFirst = resolve));
-    const { port, batches } = await server(async (requests) => {
-      if (requests[0]!.user_id === 'first') await first;
-      return requests.map(result);
-    });
-    const c = client(port, { maxInFlight: 0 });
-    const pending = [c.decide({ user_id: 'first', tier: '', cost: 1 })];
-    for (let turn = 0; turn < 3; turn++) {
-      await new Promise((r) => setTimeout(r, 20));
-      for (let i = 0; i < 4; i++) pending.push(c.decide({ user_id: `t${turn}-${i}`, tier: '', cost: 1 }));
-    }
-    await new Promise((r) => setTimeout(r, 20));
-    answerFirst();
-    await Promise.all(pending);
+    const { port, batches, answerFirst } = await gatedServer();
+    await behindFirst(client(port, { maxInFlight: 0 }), answerFirst, 3, 4);
     expect(batches).toEqual([1, 4, 4, 4]);
   });
 

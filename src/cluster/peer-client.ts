@@ -81,7 +81,8 @@ export class PeerClient {
     return new Promise((resolve, reject) => {
       this.queue.push({ request, resolve, reject });
       if (this.queue.length >= this.options.batchLimit) this.flush();
-      else if (!this.armed) {
+      // At the in-flight limit an answer's arrival sends the queue (release): no turn to arm.
+      else if (!this.armed && !this.atLimit()) {
         this.armed = true;
         if (this.options.batchWaitUs <= 0) setImmediate(() => this.flush());
         else setTimeout(() => this.flush(), Math.max(1, Math.round(this.options.batchWaitUs / 1000)));
@@ -105,9 +106,8 @@ export class PeerClient {
     this.armed = false;
     const waiters = this.queue;
     if (waiters.length === 0) return;
-    const { maxInFlight, batchLimit } = this.options;
     // At the limit the queue waits for an answer (see release), unless it is full.
-    if (maxInFlight > 0 && this.inFlight.size >= maxInFlight && waiters.length < batchLimit) return;
+    if (this.atLimit() && waiters.length < this.options.batchLimit) return;
     this.queue = [];
     this.options.onBatch?.(waiters.length);
     const id = this.nextId++;
@@ -159,6 +159,10 @@ export class PeerClient {
     clearTimeout(batch.timer);
     for (const w of batch.waiters) w.reject(err);
     this.release();
+  }
+
+  private atLimit(): boolean {
+    return this.options.maxInFlight > 0 && this.inFlight.size >= this.options.maxInFlight;
   }
 
   /** A batch left the flight: checks held back by the in-flight limit go now. */
